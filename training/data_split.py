@@ -237,6 +237,38 @@ def make_split(
     return Manifest(rows)
 
 
+def export_sample(
+    manifest: Manifest,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    per_class: int = 3,
+    split: str = "test",
+    seed: int = 42,
+) -> list[str]:
+    """Copy ``per_class`` files of each class from one split into ``out_dir/<class>/``.
+
+    Only files whose duplicate group has a single member are picked, so a bundled
+    sample image has no re-encoded twin anywhere in the data. Returns the copied
+    relpaths.
+    """
+    import shutil
+
+    group_sizes = Counter(r.group_id for r in manifest.rows)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for r in manifest.rows:
+        if r.split == split and group_sizes[r.group_id] == 1:
+            by_label[r.label].append(r.relpath)
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted(by_label):
+        for rel in sorted(rng.sample(sorted(by_label[label]), min(per_class, len(by_label[label])))):
+            dst = Path(out_dir) / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(data_dir) / rel, dst)
+            picked.append(rel)
+    return picked
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.data_split", description=__doc__.split("\n")[0])
     ap.add_argument("data_dir")
@@ -245,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/split/manifest.csv", help=".csv or .json")
     ap.add_argument("--audit", help="audit JSON to reuse (else the audit is run, with the hash cache)")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="hash cache JSON ('' disables)")
+    ap.add_argument("--sample-dir", help="also copy a few test-split images per class here")
+    ap.add_argument("--sample-per-class", type=int, default=3)
     args = ap.parse_args(argv)
     if not Path(args.data_dir).is_dir():
         print(f"error: {args.data_dir} is not a directory", file=sys.stderr)
@@ -263,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest.save(args.out)
     print(manifest.to_markdown())
     print(f"\nwrote {args.out} ({len(manifest.rows)} rows, seed {args.seed})")
+    if args.sample_dir:
+        picked = export_sample(manifest, args.data_dir, args.sample_dir, args.sample_per_class, seed=args.seed)
+        print(f"copied {len(picked)} test-split images to {args.sample_dir}")
     return 0
 
 
