@@ -1,0 +1,1 @@
+"""Export of trained models into the Triton model repository."""

@@ -1,0 +1,182 @@
+"""Pure image decoding and letterboxing shared by the `preprocess` model and training's evaluation.
+
+Only NumPy and Pillow are imported so this module loads without Triton. The public names
+(`decode_image`, `to_rgb`, `letterbox`, `preprocess_bytes`, `ImageDecodeError` and the constants)
+are a stable API: training evaluates with exactly what the server runs, so any change here changes
+the served model's inputs.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+#: Side of the square model input, fixed by docs/CONTRACT.md.
+INPUT_SIZE = 224
+#: Letterbox padding and the background that transparent pixels are composited on (CONTRACT.md).
+PAD_VALUE = 114
+#: Decompression-bomb guard, checked from the header before any pixel is decoded: 40 megapixels
+#: covers every phone camera (a 200 MP sensor writes binned 12-50 MP files) and caps the decoded
+#: RGB buffer at 120 MB per image.
+MAX_PIXELS = 40_000_000
+#: Encoded-size guard; a legitimate photo under MAX_PIXELS is far smaller than this.
+MAX_BYTES = 32 * 1024 * 1024
+#: Smallest accepted side: below this there is nothing a 224x224 classifier can recognise and it is
+#: almost always a tracking pixel or a broken upload.
+MIN_SIDE = 8
+#: Formats a camera, a phone gallery or a scanner produces; everything else (EPS, ICO, PSD, ...) is
+#: refused so that rarely used Pillow plugins never parse untrusted bytes.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+
+# Pillow's default; restated because a truncated upload must be refused, never half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service accepts; the message says why, for the client."""
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode encoded image bytes to an upright RGB image.
+
+    Parameters
+    ----------
+    data : bytes
+        A whole JPEG, PNG, WebP, BMP, GIF (first frame is used) or TIFF file.
+    max_pixels : int
+        Largest width*height accepted, checked from the header before decoding.
+    draft_size : int, optional
+        If given, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still keeps both
+        sides >= draft_size, which is 5-10x faster for phone photos and loses nothing once the image
+        is resized to `draft_size` anyway.
+
+    Returns
+    -------
+    PIL.Image.Image
+        Mode "RGB", EXIF orientation applied.
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, unknown, truncated or corrupt data, a disallowed format, more than `max_pixels`
+        pixels, or a side shorter than MIN_SIDE.
+    """
+    if not data:
+        raise ImageDecodeError("empty input: 0 bytes received, expected an encoded image file")
+    if len(data) > MAX_BYTES:
+        raise ImageDecodeError(f"input is {len(data)} bytes, over the limit of {MAX_BYTES} bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not a recognised image file ({len(data)} bytes starting {bytes(data[:8])!r}); "
+            "expected JPEG, PNG, WebP, BMP, GIF or TIFF"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # corrupt headers raise any of these
+        raise ImageDecodeError(f"corrupt image header: {exc}") from None
+    if img.format not in ALLOWED_FORMATS:
+        raise ImageDecodeError(
+            f"image format {img.format} is not accepted; expected JPEG, PNG, WebP, BMP, GIF or TIFF"
+        )
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels / 1e6:g} megapixels ({max_pixels} pixels)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageDecodeError(
+            f"image is {width}x{height} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}"
+        )
+    if draft_size is not None and img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        # Force the full decode here: Image.open is lazy and a truncated file only fails on load.
+        img.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated {img.format} data: {exc}") from None
+    try:
+        # Orientation before letterboxing, otherwise a portrait phone photo is padded as landscape.
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the whole image
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image, background: int = PAD_VALUE) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    Transparent pixels are composited on a neutral grey (`background`, the letterbox pad value) so
+    that a cut-out object looks the same as its padding instead of sitting on black. 16/32-bit
+    integer images are scaled to 8 bit (Pillow's own conversion clips them, which turns a 16-bit
+    scan white).
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit PNG/TIFF open as "I;16" or as "I" holding 0..65535; true 8-bit data in "I" is kept.
+        if mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's conversions are exact enough for classification.
+    return img.convert("RGB")
+
+
+def letterbox(img: Image.Image, size: int = INPUT_SIZE, pad: int = PAD_VALUE) -> np.ndarray:
+    """Resize keeping the aspect ratio so the longer side is `size`, centre on a `pad` square.
+
+    Parameters
+    ----------
+    img : PIL.Image.Image
+        RGB image (see `decode_image`).
+    size : int
+        Output side.
+    pad : int
+        Value of the padding bands (CONTRACT.md: 114).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of shape (size, size, 3), HWC, RGB.
+    """
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    width, height = img.size
+    scale = size / max(width, height)
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
+    # BILINEAR in Pillow is area-aware when shrinking (support grows with the scale), so it does not
+    # alias; reducing_gap first shrinks by an integer factor, which is faster and visually identical.
+    resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    out = np.full((size, size, 3), pad, dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = np.asarray(resized, dtype=np.uint8)
+    return out
+
+
+def preprocess_bytes(data: bytes, size: int = INPUT_SIZE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> the classifier input: uint8 (size, size, 3), RGB, letterboxed.
+
+    This is the single function the server's `preprocess` model and training's evaluation call.
+
+    Raises
+    ------
+    ImageDecodeError
+        See `decode_image`.
+    """
+    return letterbox(decode_image(data, max_pixels=max_pixels, draft_size=size), size=size)

@@ -1,0 +1,232 @@
+"""Run the bundled tritonserver on a model repository: `TritonServer` for tests, `python -m server.launch`.
+
+`python -m server.launch` serves in the foreground with ports from HTTP_PORT / GRPC_PORT /
+METRICS_PORT (8000/8001/8002) and the repository from MODEL_REPOSITORY (`model_repository`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from server.backend_dir import TRITON_DIST, prepare_backend_dir, server_env, tritonserver_binary
+
+
+class TritonServerError(RuntimeError):
+    """The server did not become ready; the message ends with the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free right now (tritonserver itself cannot bind port 0 and report it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """tritonserver as a subprocess on `model_repository`, usable as a context manager.
+
+    Parameters
+    ----------
+    model_repository : str or Path
+        Triton model repository, loaded whole (`--model-control-mode=none`).
+    http_port, grpc_port, metrics_port : int
+        0 picks a free port.
+    host : str
+        Address all three endpoints bind to; 127.0.0.1 keeps a dev server off the network.
+    strict : bool
+        True: start() succeeds only if every model loads (the server exits on a failed model).
+        False: the server stays up with the models that loaded, as `python -m server.launch` wants.
+    timeout : float
+        Seconds start() waits for readiness.
+    """
+
+    def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
+                 metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
+                 timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = ()):
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self.strict = strict
+        self.timeout = timeout
+        self.log_verbose = log_verbose
+        self.extra_args = tuple(extra_args)
+        self.http_port = http_port or free_port(host)
+        self.grpc_port = grpc_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.host}:{self.metrics_port}"
+
+    def command(self, backend_dir: Path) -> list[str]:
+        """The tritonserver command line (public so the Makefile/Docker docs can show it)."""
+        return [
+            str(tritonserver_binary()),
+            f"--model-repository={self.model_repository}",
+            "--model-control-mode=none",
+            f"--backend-directory={backend_dir}",
+            f"--cache-directory={TRITON_DIST / 'caches'}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            # CPU-only box: no pinned/CUDA pools, no GPU metrics, so no CUDA probing at start.
+            "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0",
+            "--allow-gpu-metrics=false",
+            f"--exit-on-error={'true' if self.strict else 'false'}",
+            f"--strict-readiness={'true' if self.strict else 'false'}",
+            # Bounded shutdown: in-flight requests get 10 s, then the process exits anyway.
+            "--exit-timeout-secs=10",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> "TritonServer":
+        """Start tritonserver and return once it answers ready; raise TritonServerError otherwise."""
+        if self._process is not None:
+            raise TritonServerError("server already started")
+        if not self.model_repository.is_dir():
+            raise TritonServerError(f"model repository {self.model_repository} does not exist")
+        backend_dir = prepare_backend_dir()
+        # A file, not a pipe: nobody drains a pipe while the server runs and a full pipe blocks it.
+        self._log = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)
+        self._process = subprocess.Popen(
+            self.command(backend_dir), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        # Strict: /ready means every model loaded. Non-strict: endpoints come up only after the
+        # initial load in `none` mode, so /live already means "loading finished".
+        path = "/v2/health/ready" if self.strict else "/v2/health/live"
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                raise TritonServerError(
+                    f"tritonserver exited with code {code} before becoming ready\n{self.log_tail()}")
+            if _http_ok(f"http://{self.http_url}{path}"):
+                return
+            time.sleep(0.2)
+        raise TritonServerError(
+            f"tritonserver not ready after {self.timeout:.0f} s\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGINT, Triton's graceful shutdown; SIGKILL after 20 s) and wait for it."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                # The whole session: python stub processes must not outlive the server.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_path(self) -> Path | None:
+        return Path(self._log.name) if self._log is not None else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Last `lines` lines of the server log (for error messages)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        text = Path(self._log.name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def model_states(self) -> list[dict]:
+        """The repository index: [{"name", "version", "state", "reason"}, ...]."""
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index",
+                                         data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    """Serve in the foreground until Ctrl-C / SIGTERM."""
+    repository = os.environ.get("MODEL_REPOSITORY", "model_repository")
+    server = TritonServer(
+        repository,
+        http_port=int(os.environ.get("HTTP_PORT", "8000")),
+        grpc_port=int(os.environ.get("GRPC_PORT", "8001")),
+        metrics_port=int(os.environ.get("METRICS_PORT", "8002")),
+        host=os.environ.get("HOST", "127.0.0.1"),
+        strict=False,
+    )
+    # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        server.start()
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"model repository: {server.model_repository}")
+        print(f"HTTP    http://{server.http_url}\ngRPC    {server.grpc_url}\n"
+              f"metrics http://{server.metrics_url}/metrics")
+        failed = 0
+        for model in sorted(server.model_states(), key=lambda m: m["name"]):
+            state = model.get("state", "UNKNOWN")
+            failed += state != "READY"
+            reason = f"  ({model['reason']})" if model.get("reason") else ""
+            print(f"  {state:<11} {model['name']} v{model.get('version', '?')}{reason}")
+        print(f"{'all models ready' if not failed else f'{failed} model(s) not ready'}; "
+              f"server log: {server.log_path()}; Ctrl-C to stop", flush=True)
+        while server.is_running():
+            time.sleep(1)
+        print(f"tritonserver exited\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
