@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
@@ -176,8 +177,6 @@ def hash_file(path: str | os.PathLike) -> tuple[str, str, str]:
     data = Path(path).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     try:
-        import io
-
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # full decode: truncated files only fail here
             ph = str(imagehash.phash(im.convert("RGB"), hash_size=HASH_SIZE))

@@ -90,6 +90,21 @@ class Manifest:
             lines += ["", "Excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))]
         return "\n".join(lines)
 
+    def summary_markdown(self, seed: int, fractions: Sequence[float], near_threshold: int) -> str:
+        """Split counts plus the grouping and exclusion rules, for the model card."""
+        n_groups = len({r.group_id for r in self.rows})
+        return "\n".join([
+            f"## Split (seed {seed}, fractions {'/'.join(f'{f:g}' for f in fractions)})",
+            "",
+            f"{n_groups:,} groups = connected components of exact (sha256) and near (phash distance "
+            f"<= {near_threshold}) duplicate links; every group lies in one split. Byte-identical files "
+            "under two classes are excluded from all splits; extra byte-identical copies within a class "
+            "are excluded (the first path is kept); near-duplicate groups spanning classes keep their "
+            "folder labels.",
+            "",
+            self.to_markdown(),
+        ])
+
     def save(self, path: str | os.PathLike) -> None:
         """Write CSV (``.csv``) or JSON (any other suffix)."""
         path = Path(path)
@@ -277,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/split/manifest.csv", help=".csv or .json")
     ap.add_argument("--audit", help="audit JSON to reuse (else the audit is run, with the hash cache)")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="hash cache JSON ('' disables)")
+    ap.add_argument("--md", help="also write the split summary (Markdown) here")
     ap.add_argument("--sample-dir", help="also copy a few test-split images per class here")
     ap.add_argument("--sample-per-class", type=int, default=3)
     args = ap.parse_args(argv)
@@ -295,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest.save(args.out)
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(
+            manifest.summary_markdown(args.seed, args.fractions, report.near_threshold) + "\n"
+        )
     print(manifest.to_markdown())
     print(f"\nwrote {args.out} ({len(manifest.rows)} rows, seed {args.seed})")
     if args.sample_dir:
