@@ -1,0 +1,73 @@
+"""A run's whole configuration: one TOML file, overridden from the command line, saved in the run directory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str = "../shared/data/garbage12"
+    manifest: str = "training/splits/garbage12_seed42.csv"  # made by `python -m training.data_split`
+    seed: int = 42
+    limit_per_class: int = 0  # 0 = all; small values make the CI smoke run
+    # model
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"  # "imagenet", a file path, or "random" (only on purpose)
+    image_size: int = 224
+    head_units: int = 256
+    head_dropout: float = 0.3
+    # Fine-tuning starts at this layer; everything below it is frozen, run once, and cached.
+    finetune_from: str = "blocks_11_expand_conv"
+    # augmentation: every training image is cached as `views` versions, the first one plain
+    views: int = 4
+    rotation: float = 0.05  # fraction of a full turn
+    shift: float = 0.1
+    zoom: float = 0.2
+    brightness: float = 0.2
+    canvas_prob: float = 0.35  # chance a view is pasted on a wider, darker canvas before the letterbox
+    # optimisation
+    batch_size: int = 64
+    head_epochs: int = 6
+    head_lr: float = 1e-3
+    finetune_epochs: int = 12
+    finetune_lr: float = 2e-4
+    label_smoothing: float = 0.1
+    class_weights: bool = True
+    patience: int = 4
+    # output
+    run_dir: str = "runs/effnet_lite0"
+    name: str = "effnet_lite0"
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict | None = None) -> "TrainConfig":
+        values = tomllib.loads(Path(path).read_text()) if path else {}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        typed = {}
+        for key, value in values.items():
+            kind = type(getattr(cls(), key))
+            typed[key] = kind(value) if not isinstance(value, kind) else value
+        return cls(**typed)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` strings from the command line; values are parsed as TOML scalars."""
+    out = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
