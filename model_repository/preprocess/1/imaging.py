@@ -77,6 +77,11 @@ def decode_image(
             f"not a recognised image file ({len(data)} bytes starting {bytes(data[:8])!r}); "
             "expected JPEG, PNG, WebP, BMP, GIF or TIFF"
         ) from None
+    except Image.DecompressionBombError:
+        # Pillow's own guard (2x its 89 MP warning level) fires inside open, before ours can.
+        raise ImageDecodeError(
+            f"image header declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels, over the limit "
+            f"of {max_pixels / 1e6:g} megapixels ({max_pixels} pixels)") from None
     except (OSError, ValueError, SyntaxError) as exc:  # corrupt headers raise any of these
         raise ImageDecodeError(f"corrupt image header: {exc}") from None
     if img.format not in ALLOWED_FORMATS:
