@@ -1,0 +1,272 @@
+"""waste_client library: pure unit tests, then against the real `dev_server` (gRPC and HTTP)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from waste_client import AsyncClassifier, Classifier, ClassifierError, Prediction, RetryPolicy
+from waste_client._errors import normalize_status, to_classifier_error
+from waste_client._prediction import parse_class_entry, parse_classification
+from waste_client._request import UrlCycle, normalize_urls, read_input, ready_models
+from waste_client._retry import call_with_retry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = REPO_ROOT / "samples"
+LABELS = (REPO_ROOT / "model_repository" / "effnet_lite0" / "labels.txt").read_text().split()
+GOOD = sorted((SAMPLES / "garbage12").rglob("*.jpg"))[:4]
+BAD = SAMPLES / "bad" / "notes.jpg"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- pure unit tests ---------------------------------------------------------------------------
+
+def test_parse_class_entry_formats():
+    assert parse_class_entry(b"0.75:7:paper") == ("paper", 0.75)
+    assert parse_class_entry("0.5:3:a:b") == ("a:b", 0.5)  # a ':' inside a label survives
+    assert parse_class_entry(b"0.25:4") == ("4", 0.25)     # output without a label file
+    with pytest.raises(ClassifierError) as info:
+        parse_class_entry(b"garbage")
+    assert info.value.status == "INTERNAL"
+
+
+def test_parse_classification_sorts_best_first():
+    p = parse_classification([b"0.1:0:battery", b"0.7:7:paper", b"0.2:8:plastic"], "dev", "1", "x.jpg")
+    assert (p.label, p.score) == ("paper", 0.7)
+    assert p.top_k == [("paper", 0.7), ("plastic", 0.2), ("battery", 0.1)]
+    assert (p.model, p.version, p.source) == ("dev", "1", "x.jpg")
+    with pytest.raises(Exception):
+        p.label = "other"  # frozen
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("StatusCode.UNAVAILABLE", "UNAVAILABLE"), ("StatusCode.INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+    ("400", "INVALID_ARGUMENT"), ("404", "NOT_FOUND"), ("502", "UNAVAILABLE"), ("503", "UNAVAILABLE"),
+    ("500", "INTERNAL"), (None, "UNKNOWN"),
+])
+def test_normalize_status(raw, expected):
+    assert normalize_status(raw) == expected
+
+
+@pytest.mark.parametrize("exc, status, transient", [
+    (InferenceServerException("bad image", "StatusCode.INVALID_ARGUMENT"), "INVALID_ARGUMENT", False),
+    (InferenceServerException("bad image", "400"), "INVALID_ARGUMENT", False),
+    (InferenceServerException("busy", "503"), "UNAVAILABLE", True),
+    (InferenceServerException("Connection reset by peer"), "UNAVAILABLE", True),
+    (ConnectionRefusedError(111, "Connection refused"), "UNAVAILABLE", True),
+    (ConnectionResetError(104, "Connection reset by peer"), "UNAVAILABLE", True),
+    (asyncio.TimeoutError(), "DEADLINE_EXCEEDED", False),
+    (ValueError("boom"), "INTERNAL", False),
+])
+def test_error_translation_and_transience(exc, status, transient):
+    err = to_classifier_error(exc)
+    assert isinstance(err, ClassifierError)
+    assert (err.status, err.transient) == (status, transient)
+
+
+def test_retry_only_transient_errors():
+    sleeps, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "ok"
+
+    policy = RetryPolicy(retries=5, backoff=0.1, max_backoff=1.0)
+    assert call_with_retry(flaky, policy, sleep=sleeps.append) == "ok"
+    assert len(calls) == 3 and len(sleeps) == 2
+    assert 0 <= sleeps[0] <= 0.1 and 0 <= sleeps[1] <= 0.2  # exponential cap, full jitter
+
+    calls.clear()
+
+    def invalid():
+        calls.append(1)
+        raise InferenceServerException("cannot decode", "StatusCode.INVALID_ARGUMENT")
+
+    with pytest.raises(ClassifierError) as info:
+        call_with_retry(invalid, policy, sleep=sleeps.append)
+    assert info.value.status == "INVALID_ARGUMENT" and len(calls) == 1
+
+
+def test_retry_gives_up_after_retries():
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise InferenceServerException("unavailable", "StatusCode.UNAVAILABLE")
+
+    with pytest.raises(ClassifierError) as info:
+        call_with_retry(down, RetryPolicy(retries=2), sleep=lambda s: None)
+    assert info.value.status == "UNAVAILABLE" and len(calls) == 3
+
+
+def test_backoff_is_capped():
+    policy = RetryPolicy(retries=50, backoff=0.5, max_backoff=2.0)
+    assert all(0 <= policy.delay(n) <= 2.0 for n in range(50))
+
+
+def test_inputs_and_urls(tmp_path):
+    assert read_input(b"abc") == (b"abc", None)
+    f = tmp_path / "x.jpg"
+    f.write_bytes(b"xyz")
+    assert read_input(f) == (b"xyz", str(f))
+    with pytest.raises(ClassifierError) as info:
+        read_input(tmp_path / "missing.jpg")
+    assert info.value.status == "NOT_FOUND"
+    with pytest.raises(ClassifierError):
+        read_input(42)
+    assert normalize_urls("a:1, b:2") == ["a:1", "b:2"]
+    with pytest.raises(ClassifierError):
+        normalize_urls("http://a:1")
+    cycle = UrlCycle(["a", "b", "c"])
+    assert [cycle.next_index() for _ in range(4)] == [0, 1, 2, 0]
+    with pytest.raises(ClassifierError):
+        Classifier("a:1", protocol="ftp")
+
+
+def test_ready_models_filters_and_sorts():
+    index = {"models": [{"name": "b", "version": "1", "state": "READY"},
+                        {"name": "a", "version": "2", "state": "READY"},
+                        {"name": "c", "state": "UNAVAILABLE"}]}
+    assert [(m.name, m.version) for m in ready_models(index)] == [("a", "2"), ("b", "1")]
+    assert ready_models(index["models"]) == ready_models(index)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unreachable_server_is_unavailable(protocol):
+    with Classifier(f"127.0.0.1:{_free_port()}", protocol, retries=1, backoff=0.01, timeout=5) as clf:
+        assert clf.is_ready() is False
+        with pytest.raises(ClassifierError) as info:
+            clf.classify(b"abc")
+    assert info.value.status == "UNAVAILABLE"
+
+
+# -- against the real server -------------------------------------------------------------------
+
+def _url(server, protocol):
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def _check(pred: Prediction, k: int):
+    assert isinstance(pred, Prediction)
+    assert pred.label in LABELS and 0.0 <= pred.score <= 1.0
+    assert len(pred.top_k) == k and pred.top_k[0] == (pred.label, pred.score)
+    scores = [s for _, s in pred.top_k]
+    assert scores == sorted(scores, reverse=True)
+    assert all(label in LABELS for label, _ in pred.top_k)
+    assert len({label for label, _ in pred.top_k}) == k
+    assert pred.model == "dev" and pred.version == "1"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classify_path_and_bytes(dev_server, protocol):
+    with Classifier(_url(dev_server, protocol), protocol, model="dev") as clf:
+        assert clf.is_ready()
+        by_path = clf.classify(GOOD[0], top_k=3)
+        by_str = clf.classify(str(GOOD[0]), top_k=3)
+        by_bytes = clf.classify(GOOD[0].read_bytes(), top_k=3)
+    _check(by_path, 3)
+    assert by_path.source == str(GOOD[0]) and by_bytes.source is None
+    assert by_path.top_k == by_bytes.top_k == by_str.top_k
+
+
+def test_grpc_and_http_agree(dev_server):
+    with Classifier(dev_server.grpc_url, "grpc", model="dev") as g, \
+            Classifier(dev_server.http_url, "http", model="dev") as h:
+        for path in GOOD:
+            assert g.classify(path, top_k=12).top_k == h.classify(path, top_k=12).top_k
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bad_file_is_invalid_argument_without_retry(dev_server, protocol, monkeypatch):
+    import tritonclient.grpc
+    import tritonclient.http
+    cls = (tritonclient.grpc if protocol == "grpc" else tritonclient.http).InferenceServerClient
+    original, calls = cls.infer, []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "infer", counting)
+    with Classifier(_url(dev_server, protocol), protocol, model="dev", retries=5) as clf:
+        with pytest.raises(ClassifierError) as info:
+            clf.classify(BAD)
+    assert info.value.status == "INVALID_ARGUMENT"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model_is_not_found(dev_server, protocol):
+    with Classifier(_url(dev_server, protocol), protocol, model="no_such_model") as clf:
+        assert clf.is_ready() is False
+        with pytest.raises(ClassifierError) as info:
+            clf.classify(GOOD[0])
+    assert info.value.status == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_models_lists_dev_ensembles(dev_server, protocol):
+    with Classifier(_url(dev_server, protocol), protocol, model="dev") as clf:
+        models = {m.name: m for m in clf.models()}
+    assert {"dev", "dev_tta"} <= set(models)
+    assert models["dev"].version == "1" and models["dev"].state == "READY"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classify_many_keeps_every_item(dev_server, protocol):
+    items = [*GOOD, BAD, GOOD[0].read_bytes(), *GOOD]
+    with Classifier(_url(dev_server, protocol), protocol, model="dev") as clf:
+        results = list(clf.classify_many(iter(items), top_k=2, max_in_flight=4))
+    assert len(results) == len(items)
+    assert sorted(map(str, (r.item for r in results))) == sorted(map(str, items))
+    failed = [r for r in results if not r.ok]
+    assert [r.item for r in failed] == [BAD]
+    assert failed[0].error.status == "INVALID_ARGUMENT" and failed[0].prediction is None
+    for r in results:
+        if r.ok:
+            _check(r.prediction, 2)
+
+
+def test_round_robin_over_several_urls(dev_server):
+    with Classifier([dev_server.grpc_url, dev_server.grpc_url], model="dev_tta") as clf:
+        preds = [clf.classify(GOOD[0], top_k=1) for _ in range(3)]
+    assert len({p.top_k[0] for p in preds}) == 1 and preds[0].model == "dev_tta"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_twin_same_answers(dev_server, protocol):
+    url = _url(dev_server, protocol)
+    with Classifier(url, protocol, model="dev") as clf:
+        expected = {str(p): clf.classify(p, top_k=3).top_k for p in GOOD}
+
+    async def main():
+        async with AsyncClassifier(url, protocol, model="dev") as aclf:
+            assert await aclf.is_ready()
+            names = {m.name for m in await aclf.models()}
+            one = await aclf.classify(GOOD[0].read_bytes(), top_k=3)
+            with pytest.raises(ClassifierError) as info:
+                await aclf.classify(BAD)
+            many = [r async for r in aclf.classify_many([*GOOD, BAD], top_k=3, max_in_flight=3)]
+            return names, one, info.value, many
+
+    names, one, error, many = asyncio.run(main())
+    assert {"dev", "dev_tta"} <= names
+    _check(one, 3)
+    assert one.top_k == expected[str(GOOD[0])]
+    assert error.status == "INVALID_ARGUMENT"
+    assert len(many) == len(GOOD) + 1
+    for r in many:
+        if r.item == BAD:
+            assert r.error.status == "INVALID_ARGUMENT"
+        else:
+            assert r.prediction.top_k == expected[str(r.item)]
