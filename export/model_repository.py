@@ -75,16 +75,19 @@ output [
     label_filename: "labels.txt"
   }}
 ]
-# A CNN forward pass on CPU costs far more per image than the batching overhead, and one batched
-# run uses both cores' SIMD better than single images, so the batcher waits up to
-# {max_queue_delay_us / 1000:g} ms to fill {preferred} - small against a forward pass of
-# tens of ms, and it is only spent when fewer requests are queued than a preferred size.
+# A CNN forward pass on CPU costs milliseconds per image, far more than batching overhead, and one
+# batched onnxruntime run uses the cores' SIMD better than single images; the batcher waits at most
+# {max_queue_delay_us / 1000:g} ms to fill {preferred}, small against a forward pass, and only when
+# fewer requests are queued than a preferred size. Chosen before the trained model existed (with the
+# random-weight dev model, which is too small to show the effect): re-measure with perf_analyzer on
+# the real export and pass the result to write_classifier_config.
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
 }}
-# One instance using both cores inside onnxruntime beats two single-threaded instances on a
-# 2-core box once batches form: the second instance would only queue behind preprocess for CPU.
+# One instance whose onnxruntime uses both cores: once batches form, a second instance would only
+# compete with it and with preprocess for the same 2 cores (expected, not yet measured on the real
+# model; the preprocess instances were measured, see its config).
 instance_group [
   {{
     count: {instance_count}

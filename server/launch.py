@@ -1,7 +1,11 @@
 """Run the bundled tritonserver on a model repository: `TritonServer` for tests, `python -m server.launch`.
 
 `python -m server.launch` serves in the foreground with ports from HTTP_PORT / GRPC_PORT /
-METRICS_PORT (8000/8001/8002) and the repository from MODEL_REPOSITORY (`model_repository`).
+METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repository`) and the bind
+address from HOST (127.0.0.1; a container sets 0.0.0.0).
+
+tritonserver 2.51 has no flag limiting the request size, so the limits live in the preprocess
+model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels).
 """
 from __future__ import annotations
 
@@ -47,17 +51,25 @@ class TritonServer:
         False: the server stays up with the models that loaded, as `python -m server.launch` wants.
     timeout : float
         Seconds start() waits for readiness.
+    log_verbose : int
+        tritonserver `--log-verbose` level (1 shows every batch the schedulers form).
+    extra_args : tuple of str
+        More tritonserver flags, appended last so they override ours.
+    keep_log : bool
+        Keep the server log file after stop() (`log_path()`); tests leave it False.
     """
 
     def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
-                 timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = ()):
+                 timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = (),
+                 keep_log: bool = False):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.strict = strict
         self.timeout = timeout
         self.log_verbose = log_verbose
         self.extra_args = tuple(extra_args)
+        self.keep_log = keep_log
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
@@ -145,8 +157,11 @@ class TritonServer:
                 # The whole session: python stub processes must not outlive the server.
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        if self._log is not None:
+        if self._log is not None and not self._log.closed:
             self._log.close()
+            if not self.keep_log:
+                # Tests start many servers; start() already put the tail in any error it raised.
+                Path(self._log.name).unlink(missing_ok=True)
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -156,9 +171,10 @@ class TritonServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """Last `lines` lines of the server log (for error messages)."""
-        if self._log is None:
+        if self._log is None or not Path(self._log.name).exists():
             return ""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = Path(self._log.name).read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
@@ -184,6 +200,27 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def model_report(server: TritonServer) -> list[tuple[str, str, str]]:
+    """(model, state, reason) for every model directory of the repository, sorted by name.
+
+    A directory Triton skipped (no version directory) is absent from its index, and a model that
+    failed often has an empty reason there; both get the first matching error line of the log.
+    """
+    index = {m["name"]: m for m in server.model_states()}
+    names = sorted({p.parent.name for p in server.model_repository.glob("*/config.pbtxt")} | set(index))
+    errors = [line for line in server.log_tail(100000).splitlines() if line.startswith("E")]
+    report = []
+    for name in names:
+        entry = index.get(name, {})
+        state = entry.get("state") or "FAILED"
+        reason = entry.get("reason", "")
+        if state != "READY" and not reason:
+            reason = next((line.split("] ", 1)[-1] for line in errors if f"'{name}'" in line
+                           or f'"{name}"' in line or f"{name}/" in line), "see the server log")
+        report.append((name, state, reason[:300]))
+    return report
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -198,6 +235,7 @@ def main() -> int:
         metrics_port=int(os.environ.get("METRICS_PORT", "8002")),
         host=os.environ.get("HOST", "127.0.0.1"),
         strict=False,
+        keep_log=True,
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -211,11 +249,9 @@ def main() -> int:
         print(f"HTTP    http://{server.http_url}\ngRPC    {server.grpc_url}\n"
               f"metrics http://{server.metrics_url}/metrics")
         failed = 0
-        for model in sorted(server.model_states(), key=lambda m: m["name"]):
-            state = model.get("state", "UNKNOWN")
+        for name, state, reason in model_report(server):
             failed += state != "READY"
-            reason = f"  ({model['reason']})" if model.get("reason") else ""
-            print(f"  {state:<11} {model['name']} v{model.get('version', '?')}{reason}")
+            print(f"  {state:<11} {name}" + (f"  ({reason})" if reason else ""))
         print(f"{'all models ready' if not failed else f'{failed} model(s) not ready'}; "
               f"server log: {server.log_path()}; Ctrl-C to stop", flush=True)
         while server.is_running():
@@ -223,6 +259,7 @@ def main() -> int:
         print(f"tritonserver exited\n{server.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("stopping tritonserver", flush=True)
         return 0
     finally:
         server.stop()

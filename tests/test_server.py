@@ -186,3 +186,13 @@ def test_one_bad_image_inside_a_batched_request_is_named(dev_server):
     with pytest.raises(InferenceServerException, match="image 1 of 2"):
         client.infer("dev", [tensor])
     assert client.is_server_ready()
+
+
+def test_start_failure_raises_with_log_tail(tmp_path):
+    from server.launch import TritonServer, TritonServerError
+
+    broken = tmp_path / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 1\n')
+    with pytest.raises(TritonServerError, match="broken"):
+        TritonServer(tmp_path, timeout=60).start()
