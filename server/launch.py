@@ -139,12 +139,19 @@ class TritonServer:
             code = self._process.poll()
             if code is not None:
                 raise TritonServerError(
-                    f"tritonserver exited with code {code} before becoming ready\n{self.log_tail()}")
+                    f"tritonserver exited with code {code} before becoming ready\n{self._failure_log()}")
             if _http_ok(f"http://{self.http_url}{path}"):
                 return
             time.sleep(0.2)
         raise TritonServerError(
-            f"tritonserver not ready after {self.timeout:.0f} s\n{self.log_tail()}")
+            f"tritonserver not ready after {self.timeout:.0f} s\n{self._failure_log()}")
+
+    def _failure_log(self) -> str:
+        # The reason a model failed sits above the long model/backend tables, far from the tail.
+        lines = self.log_tail(100000).splitlines()
+        errors = [line for line in lines if line[:1] == "E" and "CudaDriverHelper" not in line]
+        tail = "\n".join(lines[-15:])
+        return "errors in the server log:\n" + "\n".join(errors[:20]) + f"\n--- log tail ---\n{tail}"
 
     def stop(self) -> None:
         """Stop the server (SIGINT, Triton's graceful shutdown; SIGKILL after 20 s) and wait for it."""

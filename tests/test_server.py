@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -196,3 +198,86 @@ def test_start_failure_raises_with_log_tail(tmp_path):
     (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 1\n')
     with pytest.raises(TritonServerError, match="broken"):
         TritonServer(tmp_path, timeout=60).start()
+
+
+def _fake_pb_utils():
+    """Just enough of triton_python_backend_utils to drive the stand-in backend in-process."""
+    import types
+
+    from tritonclient.utils import triton_to_np_dtype
+
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code="INTERNAL"):
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.outputs, self.error = {t.name: t.array for t in output_tensors}, error
+
+    class Logger:
+        @staticmethod
+        def log_info(message):
+            pass
+
+    pb.TritonError, pb.Tensor, pb.InferenceResponse, pb.Logger = TritonError, Tensor, InferenceResponse, Logger
+    pb.triton_string_to_numpy = lambda name: triton_to_np_dtype(name.replace("TYPE_", "").replace("STRING", "BYTES"))
+    pb.get_input_tensor_by_name = lambda request, name: request.get(name)
+    return pb
+
+
+def test_standin_backend_runs_one_batch_and_fails_bad_requests_alone(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    from export.model_repository import write_dev_classifier
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    path = Path(__file__).resolve().parent.parent / "server" / "backends" / "onnxruntime" / "model.py"
+    spec = importlib.util.spec_from_file_location("standin_ort", path)
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    write_dev_classifier(tmp_path, "dev")
+    config = {
+        "max_batch_size": 8,
+        "input": [{"name": "classifier_input", "data_type": "TYPE_UINT8", "dims": ["224", "224", "3"]}],
+        "output": [{"name": "classifier_output", "data_type": "TYPE_FP32", "dims": ["12"]}],
+        "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+    }
+    model = backend.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_name": "dev_classifier",
+                      "model_repository": str(tmp_path / "dev_classifier"), "model_version": "1",
+                      "model_instance_name": "dev_classifier_0"})
+    rng = np.random.default_rng(0)
+    good = [rng.integers(0, 255, (n, 224, 224, 3), dtype=np.uint8) for n in (1, 3, 2)]
+    requests = [
+        {"classifier_input": backend.pb_utils.Tensor("classifier_input", good[0])},
+        {"classifier_input": backend.pb_utils.Tensor("classifier_input", good[0].astype(np.float32))},
+        {"classifier_input": backend.pb_utils.Tensor("classifier_input", good[1])},
+        {"classifier_input": backend.pb_utils.Tensor("classifier_input", good[1][:, :100])},
+        {"classifier_input": backend.pb_utils.Tensor("classifier_input", good[2])},
+    ]
+    responses = model.execute(requests)
+    assert len(responses) == len(requests)
+    assert [r.error is None for r in responses] == [True, False, True, False, True]
+    assert "dtype float32" in responses[1].error.message and responses[1].error.code == "INVALID_ARG"
+    assert "shape [3, 100, 224, 3]" in responses[3].error.message
+    # Split back in order: each request gets the rows of its own images.
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "dev_classifier" / "1" / "model.onnx"))
+    for response, images in zip([responses[0], responses[2], responses[4]], good):
+        expected = session.run(None, {"classifier_input": images})[0]
+        np.testing.assert_allclose(response.outputs["classifier_output"], expected, rtol=1e-5, atol=1e-6)
+    assert model.session.get_session_options().intra_op_num_threads == max(1, (os.cpu_count() or 1) // 2)

@@ -47,6 +47,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         _check_io(self.model_name, self.session, self.inputs, self.outputs)
         self.output_names = [spec.name for spec in self.outputs]
+        pb_utils.Logger.log_info(
+            f"{args['model_instance_name']}: onnxruntime {ort.__version__} (stand-in backend) on "
+            f"{model_path}, intra_op_num_threads={options.intra_op_num_threads}")
 
     def execute(self, requests):
         responses = [None] * len(requests)
