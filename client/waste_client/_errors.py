@@ -38,6 +38,11 @@ _TRANSIENT_MESSAGES = (
     "connection aborted",
 )
 
+# A model that exists but is (un)loading, as during a server restart, is
+# reported NOT_FOUND ("... has no available versions"); unlike an unknown model
+# name it comes back, so it counts as UNAVAILABLE.
+_UNLOADED_MESSAGES = ("has no available versions", "server is stopping", "is not ready")
+
 
 class ClassifierError(Exception):
     """Any failure of a classifier call.
@@ -110,7 +115,10 @@ def to_classifier_error(exc: BaseException) -> ClassifierError:
     if isinstance(exc, InferenceServerException):
         message = exc.message() or str(exc)
         status = normalize_status(exc.status())
-        if status == "UNKNOWN" and any(m in message.lower() for m in _TRANSIENT_MESSAGES):
+        lowered = message.lower()
+        if status == "UNKNOWN" and any(m in lowered for m in _TRANSIENT_MESSAGES):
+            status = "UNAVAILABLE"
+        elif status in ("NOT_FOUND", "INVALID_ARGUMENT") and any(m in lowered for m in _UNLOADED_MESSAGES):
             status = "UNAVAILABLE"
         return ClassifierError(message, status)
     if isinstance(exc, (asyncio.TimeoutError, socket.timeout, TimeoutError)):
