@@ -1,0 +1,155 @@
+"""Measuring helpers shared by the rows: latency percentiles, CPU meters, Triton metrics, machine facts."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+
+
+@dataclass
+class Row:
+    """One line of the table: what ran, its throughput, per-request latency and CPU use."""
+
+    key: str
+    what: str
+    images: int
+    seconds: float
+    latencies_s: list = field(default_factory=list, repr=False)
+    cpu_ours: float | None = None  # % of all cores used by the measured processes
+    cpu_system: float | None = None  # % of all cores busy machine-wide (includes other jobs)
+    note: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        return float(np.percentile(np.asarray(self.latencies_s), q) * 1000.0)
+
+
+class CpuMeter:
+    """CPU seconds of some process trees and of the whole machine over a `with` block.
+
+    Parameters
+    ----------
+    pids : iterable of int
+        Roots whose descendants (Triton's python stubs) are counted too; this process is always in.
+    """
+
+    def __init__(self, pids=()):
+        self.roots = [psutil.Process(os.getpid())] + [psutil.Process(p) for p in pids]
+        self.ours = self.system = None
+
+    def _tree_seconds(self) -> dict:
+        seconds = {}
+        for root in self.roots:
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    t = proc.cpu_times()
+                    # children_* only grow when a child is reaped; counting them would double-count.
+                    seconds[proc.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        return seconds
+
+    @staticmethod
+    def _system() -> tuple[float, float]:
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+        return busy, busy + t.idle + getattr(t, "iowait", 0)
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self._tree0 = self._tree_seconds()
+        self._sys0 = self._system()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self._t0
+        tree1 = self._tree_seconds()
+        sys1 = self._system()
+        used = sum(v - self._tree0.get(pid, 0.0) for pid, v in tree1.items())
+        cores = psutil.cpu_count() or 1
+        self.ours = 100.0 * used / (wall * cores) if wall > 0 else None
+        busy = sys1[0] - self._sys0[0]
+        total = sys1[1] - self._sys0[1]
+        self.system = 100.0 * busy / total if total > 0 else None
+
+    def fill(self, row: Row) -> Row:
+        row.cpu_ours, row.cpu_system = self.ours, self.system
+        return row
+
+
+_METRIC = re.compile(r'^(nv_inference_[a-z_]+)\{model="([^"]+)",version="[^"]*"\} ([0-9.eE+-]+)$')
+_WANTED = ("request_success", "count", "exec_count", "request_duration_us", "queue_duration_us",
+           "compute_input_duration_us", "compute_infer_duration_us", "compute_output_duration_us")
+
+
+def triton_metrics(metrics_url: str) -> dict:
+    """{model: {metric: value}} of Triton's per-model inference counters (Prometheus text)."""
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if match:
+            name, model, value = match.groups()
+            name = name.removeprefix("nv_inference_")
+            if name in _WANTED:
+                out.setdefault(model, {})[name] = float(value)
+    return out
+
+
+def metrics_delta(before: dict, after: dict) -> list[dict]:
+    """Per model over an interval: requests, executions, mean batch, mean queue/compute ms."""
+    rows = []
+    for model, values in sorted(after.items()):
+        base = before.get(model, {})
+        d = {k: values.get(k, 0.0) - base.get(k, 0.0) for k in _WANTED}
+        requests = d["request_success"]
+        if requests <= 0:
+            continue
+        executions = max(d["exec_count"], 1.0)
+        rows.append({
+            "model": model, "requests": int(requests), "executions": int(d["exec_count"]),
+            "mean_batch": d["count"] / executions,
+            "request_ms": d["request_duration_us"] / requests / 1000,
+            "queue_ms": d["queue_duration_us"] / requests / 1000,
+            # Triton adds a batch's whole compute time to each of its requests, so per request this
+            # is the mean duration of the execution a request was part of.
+            "compute_infer_ms_per_exec": d["compute_infer_duration_us"] / requests / 1000,
+            "compute_io_ms_per_request": (d["compute_input_duration_us"]
+                                          + d["compute_output_duration_us"]) / requests / 1000,
+        })
+    return rows
+
+
+def machine_description() -> dict:
+    """Cores, CPU model (from /proc/cpuinfo), memory, load, OS: the header of BENCHMARKS.md."""
+    model = platform.processor() or "unknown"
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+                                     if f in have)
+    except OSError:
+        pass
+    return {
+        "cpu_model": model, "logical_cores": psutil.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "simd": flags, "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+    }

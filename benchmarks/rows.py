@@ -1,0 +1,248 @@
+"""The benchmark's rows: each function measures one way of classifying the same images."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.measure import CpuMeter, Row, metrics_delta, triton_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMITTED_REPOSITORY = REPO_ROOT / "model_repository"
+SHARED_MODELS = ("preprocess", "tta_flip", "tta_mean")
+INPUT_NAME, OUTPUT_NAME = "classifier_input", "classifier_output"
+
+
+# -- in-process onnxruntime ------------------------------------------------------------------------
+
+def ort_session(onnx_path, threads: int = 0):
+    """An ORT session set up like the server's stand-in backend (sequential, all optimisations)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_pixels(session, pixels: np.ndarray, batch: int, key: str, what: str) -> Row:
+    """Row 1 style: pre-decoded pixels, `batch` images per session.run."""
+    session.run([OUTPUT_NAME], {INPUT_NAME: pixels[:batch]})  # warm-up: first run allocates
+    latencies = []
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for i in range(0, len(pixels), batch):
+            t = time.perf_counter()
+            session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+    return meter.fill(Row(key, what, len(pixels), seconds, latencies, note=f"batch {batch}"))
+
+
+def ort_files(session, encoded: list[bytes], batch: int, key: str, what: str) -> Row:
+    """Row 2 style: decode + letterbox (the server's imaging code) then session.run, per batch."""
+    from training.preprocessing import imaging
+
+    warm = np.stack([imaging.preprocess_bytes(b) for b in encoded[:batch]])
+    session.run([OUTPUT_NAME], {INPUT_NAME: warm})
+    latencies = []
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for i in range(0, len(encoded), batch):
+            t = time.perf_counter()
+            pixels = np.stack([imaging.preprocess_bytes(b) for b in encoded[i:i + batch]])
+            session.run([OUTPUT_NAME], {INPUT_NAME: pixels})
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note=f"batch {batch}"))
+
+
+# -- Keras, the original system's way ----------------------------------------------------------------
+
+def keras_one_by_one(encoded: list[bytes], keras_model: str | None, key: str, what: str) -> Row:
+    """Row 7: decode one file, `model.predict` on it, next file (the pre-Triton service's loop)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from training.model import build_model, serving_model
+    from training.preprocessing import imaging
+
+    if keras_model:
+        model = keras.saving.load_model(keras_model, compile=False)
+        note = Path(keras_model).name
+    else:
+        # Same architecture and FLOPs as the ONNX rows; only the head's weights differ.
+        model = build_model("efficientnet_lite0", 224, "imagenet")
+        note = "efficientnet_lite0 built from training.model (ImageNet backbone)"
+    if "uint8" not in str(model.inputs[0].dtype):
+        model = serving_model(model)  # the served graph: uint8 pixels in, as in every other row
+    model.predict(imaging.preprocess_bytes(encoded[0])[None], verbose=0)
+    latencies = []
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for data in encoded:
+            t = time.perf_counter()
+            model.predict(imaging.preprocess_bytes(data)[None], verbose=0)
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note=note))
+
+
+# -- arithmetic limit ---------------------------------------------------------------------------------
+
+def model_flops(onnx_path) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one image through the Conv/Gemm/MatMul nodes."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(onnx_path))
+    for tensor in model.graph.input:
+        dims = tensor.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    flops = 0.0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+            if not weight or not out or 0 in out:
+                raise ValueError(f"no static shape for Conv {node.name}")
+            # weight [Cout, Cin/group, kh, kw]; out [N, Cout, H, W] (NCHW after tf2onnx's transposes)
+            flops += 2.0 * np.prod(out) * np.prod(weight[1:])
+        elif node.op_type in ("Gemm", "MatMul"):
+            a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if not a or not out:
+                raise ValueError(f"no static shape for {node.op_type} {node.name}")
+            transposed = node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if transposed else a[-1]
+            flops += 2.0 * np.prod(out) * k
+    return float(flops)
+
+
+def matmul_flops_per_s(n: int = 1024, seconds: float = 2.0) -> float:
+    """Sustained float32 matmul rate of numpy's BLAS on all cores (best of repeated n x n products)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+# -- Triton ------------------------------------------------------------------------------------------
+
+def make_repository(dest: Path, onnx_path, name: str, *, batching: bool = True,
+                    edits: dict | None = None) -> Path:
+    """A temporary copy of the committed repository serving `onnx_path` as `<name>_classifier`.
+
+    The configs are the committed ones (so the bench measures what production serves); `batching`
+    False deletes every `dynamic_batching { ... }` block (row 4's variant), and `edits` maps a model
+    name to a function config_text -> config_text for other variants.
+    """
+    dest = Path(dest)
+    for model in (*SHARED_MODELS, name, f"{name}_tta", f"{name}_classifier"):
+        source = COMMITTED_REPOSITORY / model
+        if not source.is_dir():
+            from export.model_repository import write_model_configs
+
+            write_model_configs(dest, name)
+            continue
+        shutil.copytree(source, dest / model, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+    target = dest / f"{name}_classifier" / "1" / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, target)
+    for config in dest.glob("*/config.pbtxt"):
+        text = config.read_text()
+        if not batching:
+            text = remove_block(text, "dynamic_batching")
+        edit = (edits or {}).get(config.parent.name)
+        if edit:
+            text = edit(text)
+        config.write_text(text)
+    return dest
+
+
+def remove_block(text: str, key: str) -> str:
+    """Delete `key { ... }` (with nested braces) from a config.pbtxt text."""
+    start = text.find(f"{key} {{")
+    if start < 0:
+        return text
+    depth, i = 0, text.index("{", start)
+    while True:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+        if depth == 0:
+            return text[:start] + f"# {key} removed by benchmarks (variant)\n" + text[i:]
+
+
+@contextlib.contextmanager
+def triton(repository, extra_servers: int = 0):
+    """Start one (or 1 + extra_servers) tritonserver(s) on `repository`; yield the list."""
+    from server.launch import TritonServer
+
+    servers = []
+    try:
+        for _ in range(1 + extra_servers):
+            servers.append(TritonServer(repository, timeout=180).start())
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int, key: str,
+                what: str, warmup: list | None = None) -> tuple[Row, list[dict]]:
+    """Rows 3-6: the bulk scorer's own code path (`score_folder` with a `Classifier`).
+
+    Each `classify` call is timed by subclassing the client, so the latency is the client's view
+    of one request; the Triton per-model counters over the run say where the server spent it.
+    """
+    from waste_client import Classifier
+    from waste_client.score import score_folder
+
+    class TimedClassifier(Classifier):
+        latencies: list = []
+
+        def classify(self, path_or_bytes, top_k=5):
+            t = time.perf_counter()
+            try:
+                return super().classify(path_or_bytes, top_k)
+            finally:
+                self.latencies.append(time.perf_counter() - t)
+
+    urls = [s.grpc_url if protocol == "grpc" else s.http_url for s in servers]
+    with TimedClassifier(urls, protocol=protocol, model=model, retries=0,
+                         concurrency=in_flight) as client:
+        client.latencies = []
+        for item in client.classify_many(warmup or [], max_in_flight=in_flight):
+            if not item.ok:
+                raise RuntimeError(f"warm-up failed: {item.error}")
+        client.latencies = []
+        before = [triton_metrics(s.metrics_url) for s in servers]
+        with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+            with CpuMeter([s._process.pid for s in servers]) as meter:
+                summary = score_folder(str(folder), client, os.path.join(tmp, "out.csv"),
+                                       in_flight=in_flight, progress=False)
+        after = [triton_metrics(s.metrics_url) for s in servers]
+    if summary.errors:
+        raise RuntimeError(f"{key}: {summary.errors} of {summary.scored} images failed")
+    note = f"{protocol}, {in_flight} in flight" + (f", {len(servers)} servers" if len(servers) > 1 else "")
+    row = meter.fill(Row(key, what, summary.scored, summary.elapsed, list(client.latencies), note=note))
+    return row, metrics_delta(before[0], after[0])

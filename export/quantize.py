@@ -1,0 +1,213 @@
+"""Post-training static INT8 quantization of the classifier ONNX, and its accuracy check.
+
+    .venv/bin/python -m export.quantize model_int8.onnx [--fp32 model.onnx] [--calibration-count 128]
+        [--format qdq|qoperator] [--evaluate-count 0]
+
+Calibration images are decoded with the server's own preprocessing (`imaging.preprocess_bytes`),
+so the activation ranges are those of the pixels the served model really sees. The graph's input
+stays UINT8 NHWC and its output FP32 softmax: the quantized file is a drop-in `model.onnx` for
+`<name>_classifier` (same names, same config.pbtxt).
+
+Format choice (measured on this repository's 2-core Xeon with AVX512-VNNI, see BENCHMARKS.md):
+QDQ with per-channel S8 weights and U8 activations is the default; ORT fuses the Q/DQ pairs into
+integer kernels at session creation. `--format qoperator` writes QLinearConv etc. directly.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPLIT_MANIFEST = REPO_ROOT / "training" / "splits" / "garbage12_seed42.csv"
+DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "garbage12").resolve()
+DEFAULT_FP32 = REPO_ROOT / "model_repository" / "effnet_lite0_classifier" / "1" / "model.onnx"
+INPUT_NAME = "classifier_input"
+OUTPUT_NAME = "classifier_output"
+
+
+def split_items(split: str, manifest=SPLIT_MANIFEST, data_dir=DATA_DIR,
+                limit: int | None = None, seed: int = 0) -> list[tuple[Path, str]]:
+    """(path, label) of one split of the manifest; `limit` draws a seeded, class-mixed subset.
+
+    Parameters
+    ----------
+    split : {"train", "val", "test"}
+    manifest, data_dir : path
+        The split CSV (relpath,label,split,...) and the folder `relpath` is relative to.
+    limit : int, optional
+        Keep this many, drawn with `seed` so that every run sees the same images.
+
+    Returns
+    -------
+    list of (Path, str)
+    """
+    with open(manifest, newline="") as handle:
+        rows = [(Path(data_dir) / r["relpath"], r["label"]) for r in csv.DictReader(handle)
+                if r["split"] == split]
+    if limit is not None and limit < len(rows):
+        order = np.random.default_rng(seed).permutation(len(rows))[:limit]
+        rows = [rows[i] for i in sorted(order)]
+    return rows
+
+
+def load_pixels(paths: Iterable) -> np.ndarray:
+    """Decode files with the server's preprocessing into one uint8 (N, 224, 224, 3) array."""
+    from training.preprocessing import imaging
+
+    return np.stack([imaging.preprocess_bytes(Path(p).read_bytes()) for p in paths])
+
+
+class _PixelReader:
+    """onnxruntime CalibrationDataReader over pre-decoded pixels, a few images per feed."""
+
+    def __init__(self, pixels: np.ndarray, batch: int = 8):
+        self._batches = iter([pixels[i:i + batch] for i in range(0, len(pixels), batch)])
+
+    def get_next(self):
+        chunk = next(self._batches, None)
+        return None if chunk is None else {INPUT_NAME: chunk}
+
+
+def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: str = "qdq",
+                    per_channel: bool = True, calibrate_method: str = "minmax",
+                    batch: int = 8) -> Path:
+    """Quantize `fp32_onnx` to INT8 (S8 weights, U8 activations) and write `out_onnx`.
+
+    Parameters
+    ----------
+    fp32_onnx, out_onnx : path
+    calibration_images : sequence of path
+        Encoded image files (training split); decoded with the server's preprocessing.
+    fmt : {"qdq", "qoperator"}
+        QuantizeLinear/DequantizeLinear pairs (fused by ORT at load) or QLinear* operators.
+    per_channel : bool
+        One weight scale per output channel: needed for depthwise convolutions, whose channels
+        have very different ranges; per-tensor scales cost several accuracy points on MobileNets.
+    calibrate_method : {"minmax", "percentile", "entropy"}
+    batch : int
+        Images per calibration feed (memory only; the ranges do not depend on it).
+
+    Returns
+    -------
+    Path
+        `out_onnx`.
+
+    Raises
+    ------
+    ValueError
+        No calibration images, or an unknown format / method.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration_images:
+        raise ValueError("no calibration images")
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if fmt not in formats or calibrate_method not in methods:
+        raise ValueError(f"format must be one of {sorted(formats)}, method one of {sorted(methods)}")
+    out_onnx = Path(out_onnx)
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    pixels = load_pixels(calibration_images)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        # Shape inference + constant folding first, as ORT's quantization guide asks: quantizing
+        # an unoptimised tf2onnx graph leaves BatchNorm/Transpose chains as FP32 islands.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        ort_quantize_static(
+            str(prepared), str(out_onnx), _PixelReader(pixels, batch),
+            quant_format=formats[fmt], per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=methods[calibrate_method],
+        )
+    return out_onnx
+
+
+def predict(onnx_path, pixels: np.ndarray, batch: int = 16, threads: int = 0) -> np.ndarray:
+    """Probabilities (N, classes) of an ONNX classifier on pre-decoded uint8 pixels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    outputs = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0]
+               for i in range(0, len(pixels), batch)]
+    return np.concatenate(outputs)
+
+
+def evaluate_onnx(onnx_path, items: Sequence[tuple], classes: Sequence[str] | None = None,
+                  pixels: np.ndarray | None = None) -> dict:
+    """Top-1 accuracy of an ONNX classifier on (path, label) items.
+
+    Parameters
+    ----------
+    onnx_path : path
+    items : sequence of (path, label)
+    classes : sequence of str, optional
+        Output index order; the contract's classes by default.
+    pixels : ndarray, optional
+        The items already decoded (to evaluate several models on one decode).
+
+    Returns
+    -------
+    dict
+        Flat record: model, images, accuracy, predictions (array of class indices).
+    """
+    from export.model_repository import CLASSES
+
+    classes = list(classes or CLASSES)
+    if pixels is None:
+        pixels = load_pixels([p for p, _ in items])
+    predicted = predict(onnx_path, pixels).argmax(axis=1)
+    truth = np.array([classes.index(label) for _, label in items])
+    return {"model": str(onnx_path), "images": len(items),
+            "accuracy": float((predicted == truth).mean()), "predictions": predicted}
+
+
+def compare_int8(fp32_onnx, int8_onnx, items: Sequence[tuple]) -> dict:
+    """Accuracy of both models on the same items, the change in points, and top-1 agreement."""
+    pixels = load_pixels([p for p, _ in items])
+    fp32 = evaluate_onnx(fp32_onnx, items, pixels=pixels)
+    int8 = evaluate_onnx(int8_onnx, items, pixels=pixels)
+    return {"images": len(items), "fp32_accuracy": fp32["accuracy"],
+            "int8_accuracy": int8["accuracy"],
+            "change_points": 100.0 * (int8["accuracy"] - fp32["accuracy"]),
+            "top1_agreement": float((fp32["predictions"] == int8["predictions"]).mean())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="where to write the INT8 model")
+    parser.add_argument("--fp32", default=str(DEFAULT_FP32), help="FP32 ONNX (default: the repository's)")
+    parser.add_argument("--calibration-count", type=int, default=128,
+                        help="training-split images used for calibration")
+    parser.add_argument("--format", choices=("qdq", "qoperator"), default="qdq")
+    parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax")
+    parser.add_argument("--evaluate-count", type=int, default=0,
+                        help="test-split images to compare FP32 and INT8 on (0: all, -1: skip)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    calibration = [p for p, _ in split_items("train", limit=args.calibration_count)]
+    quantize_static(args.fp32, args.out, calibration, fmt=args.format, calibrate_method=args.method)
+    record = {"fp32": args.fp32, "int8": args.out, "format": args.format,
+              "calibration_images": len(calibration),
+              "quantize_s": round(time.perf_counter() - start, 1)}
+    if args.evaluate_count >= 0:
+        items = split_items("test", limit=args.evaluate_count or None)
+        record.update(compare_int8(args.fp32, args.out, items))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

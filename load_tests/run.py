@@ -1,0 +1,150 @@
+"""`make loadtest`: Locust headless against Triton, CSV + HTML report, thresholds, exit code.
+
+    .venv/bin/python -m load_tests.run --users 8 --duration 30s [--url HOST:GRPC] [--http-url HOST:HTTP]
+        [--model effnet_lite0] [--protocols grpc,http] [--plain-weight 3 --tta-weight 1]
+        [--scenario default|overload|smoke] [--set p95_ms=1500] [--images DIR] [--report-dir DIR]
+        [--onnx PATH.onnx]
+
+Without --url / --http-url it starts tritonserver itself on a temporary copy of the repository
+(`--onnx` replaces the classifier's model file there, e.g. a stand-in before the trained model
+lands); in the `overload` scenario that copy gets bounded queues so the server sheds load with
+UNAVAILABLE. The report directory receives Locust's `locust_*.csv`, `report.html`,
+`thresholds.json` (every check with its measured value and bound) and `summary.txt`.
+Exit status: 0 all thresholds met, 1 one failed, 2 the run itself could not happen.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from load_tests.thresholds import load_thresholds
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+THRESHOLDS = Path(__file__).with_name("thresholds.toml")
+#: Queue bound written into the overload scenario's repository copy: a few batches of 16-32 are
+#: ~1 s of work at ~25 images/s, beyond which waiting is worse for a client than a fast refusal.
+OVERLOAD_QUEUE = 16
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '1m30s', '45' -> seconds."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
+    if not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use 30s, 2m, 1m30s)")
+    h, m, s = (int(g or 0) for g in match.groups())
+    return h * 3600 + m * 60 + s
+
+
+def bounded_queue(text: str, size: int = OVERLOAD_QUEUE) -> str:
+    """Add `default_queue_policy { max_queue_size }` to a config's dynamic_batching block."""
+    if "dynamic_batching {" not in text:
+        return text
+    return text.replace("dynamic_batching {", "dynamic_batching {\n  # overload scenario: shed load"
+                        f" once {size} requests wait\n  default_queue_policy {{ max_queue_size: {size} }}", 1)
+
+
+@contextlib.contextmanager
+def own_server(args):
+    """A tritonserver on a temporary repository copy (bounded queues in the overload scenario)."""
+    from benchmarks.rows import make_repository
+    from server.launch import TritonServer
+
+    onnx = Path(args.onnx) if args.onnx else (REPO_ROOT / "model_repository" / f"{args.model}_classifier" / "1" / "model.onnx")
+    if not onnx.is_file():
+        raise FileNotFoundError(f"{onnx} does not exist; pass --onnx PATH or --url of a running server")
+    edits = {}
+    if args.scenario == "overload":
+        edits = {m: bounded_queue for m in ("preprocess", f"{args.model}_classifier")}
+    with tempfile.TemporaryDirectory(prefix="loadtest-repo-") as tmp:
+        repo = make_repository(Path(tmp), onnx, args.model, edits=edits)
+        with TritonServer(repo, timeout=180) as server:
+            yield server.grpc_url, server.http_url
+
+
+def locust_command(args, grpc_url: str, http_url: str, report: Path) -> list[str]:
+    users = [cls for proto, cls in (("grpc", "GrpcUser"), ("http", "HttpUser"))
+             if proto in args.protocols and (grpc_url if proto == "grpc" else http_url)]
+    if not users:
+        raise ValueError("no protocol has a URL: give --url (gRPC) and/or --http-url")
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
+        "--run-time", f"{int(args.duration)}s", "--stop-timeout", "10",
+        "--csv", str(report / "locust"), "--csv-full-history", "--html", str(report / "report.html"),
+        "--only-summary", "--loglevel", "INFO",
+        "--grpc-url", grpc_url, "--http-url", http_url, "--model", args.model,
+        "--images", args.images, "--plain-weight", str(args.plain_weight), "--tta-weight", str(args.tta_weight),
+        "--thresholds", str(args.thresholds), "--scenario", args.scenario,
+        "--result-file", str(report / "thresholds.json"),
+    ]
+    for item in args.set:
+        command += ["--threshold-override", item]
+    return command + users
+
+
+def run(args) -> int:
+    report = Path(args.report_dir or REPO_ROOT / "runs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S"))
+    report.mkdir(parents=True, exist_ok=True)
+    # Read the thresholds before any server starts: a typo should cost nothing.
+    load_thresholds(args.thresholds, args.scenario, args.set)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    server = own_server(args) if not (args.url or args.http_url) else contextlib.nullcontext((args.url, args.http_url))
+    with server as (grpc_url, http_url):
+        command = locust_command(args, grpc_url or "", http_url or "", report)
+        with open(report / "locust.log", "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
+                                   timeout=args.duration + 120)
+    result_file = report / "thresholds.json"
+    if not result_file.is_file():
+        print(f"error: locust exited with {code} without checking thresholds; see {report / 'locust.log'}",
+              file=sys.stderr)
+        print((report / "locust.log").read_text()[-3000:], file=sys.stderr)
+        return 2
+    result = json.loads(result_file.read_text())
+    summary = "\n".join([
+        f"scenario {args.scenario}: {args.users} users, {args.duration:.0f} s, protocols {','.join(args.protocols)}, "
+        f"model {args.model} (plain:tta = {args.plain_weight}:{args.tta_weight})",
+        *result["lines"],
+        f"report: {report / 'report.html'}, CSV: {report}/locust_*.csv",
+    ])
+    (report / "summary.txt").write_text(summary + "\n")
+    print(summary)
+    return 0 if result["passed"] and code == 0 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--spawn-rate", type=float, default=0, help="users started per second (default: all at once)")
+    parser.add_argument("--duration", type=parse_duration, default=parse_duration("30s"))
+    parser.add_argument("--url", default="", help="gRPC host:port of a running server (skips starting one)")
+    parser.add_argument("--http-url", default="", help="HTTP host:port of a running server")
+    parser.add_argument("--protocols", type=lambda s: s.split(","), default=["grpc", "http"])
+    parser.add_argument("--model", default="effnet_lite0", help="ensemble; TTA requests go to <model>_tta")
+    parser.add_argument("--plain-weight", type=int, default=3)
+    parser.add_argument("--tta-weight", type=int, default=1)
+    parser.add_argument("--images", default=str(REPO_ROOT / "samples" / "garbage12"))
+    parser.add_argument("--scenario", default="default")
+    parser.add_argument("--thresholds", default=str(THRESHOLDS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a threshold")
+    parser.add_argument("--report-dir", help="default runs/loadtest/<timestamp>")
+    parser.add_argument("--onnx", help="classifier ONNX for the server this runner starts")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (OSError, KeyError, ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
