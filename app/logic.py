@@ -1,0 +1,341 @@
+"""What the app decides, kept free of Streamlit and of the network so it is tested on its own.
+
+Settings, the per-class disposal data, which served models are offered, how a prediction is worded
+(a low top score reads "not sure"), the results table and its CSV, and the words for every failure.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+APP_DIR = Path(__file__).resolve().parent
+DEFAULT_BINS = APP_DIR / "bins.toml"
+DEFAULT_URL = "127.0.0.1:8000"
+DEFAULT_MODEL = "effnet_lite0"
+#: Below this top probability the app asks instead of answering. 0.5 means "more likely this than
+#: everything else together", the plainest line a person can be told; the sidebar moves it.
+DEFAULT_THRESHOLD = 0.5
+CLASSIFIER_SUFFIX = "_classifier"
+TTA_SUFFIX = "_tta"
+HOW_TO_START = (
+    "Start one with `make serve` (or `.venv/bin/python -m server.launch`), or start the app with "
+    "`make app`, which starts a local server when none answers."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the app finds its server and how it judges an answer.
+
+    Attributes
+    ----------
+    server_url : str
+        ``host:port`` of the server's endpoint for ``protocol``.
+    protocol : {"http", "grpc"}
+    model : str
+        Preferred model (ensemble) name; the selector starts on it when the server has it.
+    threshold : float
+        Top score under which the answer is worded as a question.
+    bins_path : Path
+        The disposal data file.
+    """
+
+    server_url: str = DEFAULT_URL
+    protocol: str = "http"
+    model: str = DEFAULT_MODEL
+    threshold: float = DEFAULT_THRESHOLD
+    bins_path: Path = DEFAULT_BINS
+
+
+def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from ``WASTE_*`` environment variables, overridden by command-line options.
+
+    ``streamlit run app/streamlit_app.py -- --server-url HOST:PORT --model NAME`` passes the options
+    after ``--``. Unknown arguments are ignored (Streamlit's and pytest's own).
+
+    Parameters
+    ----------
+    argv : sequence of str
+    environ : mapping
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ValueError
+        A threshold that is not a number in [0, 1].
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--server-url", default=environ.get("WASTE_SERVER_URL", DEFAULT_URL))
+    parser.add_argument("--protocol", default=environ.get("WASTE_PROTOCOL", "http"),
+                        choices=("http", "grpc"))
+    parser.add_argument("--model", default=environ.get("WASTE_MODEL", DEFAULT_MODEL))
+    parser.add_argument("--threshold", default=environ.get("WASTE_THRESHOLD", str(DEFAULT_THRESHOLD)))
+    parser.add_argument("--bins", default=environ.get("WASTE_BINS", str(DEFAULT_BINS)))
+    args, _ = parser.parse_known_args(list(argv))
+    threshold = float(args.threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], not {threshold}")
+    url = args.server_url.strip()
+    # People paste browser addresses; the client wants host:port.
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    return Settings(url.rstrip("/"), args.protocol, args.model, threshold, Path(args.bins))
+
+
+# -- disposal data -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Disposal:
+    """What to do with one class of item."""
+
+    bin: str
+    advice: str
+    hazardous: bool = False
+
+
+def load_bins(path: Path | str = DEFAULT_BINS) -> dict[str, Disposal]:
+    """Read the disposal data file (see ``app/bins.toml``).
+
+    Parameters
+    ----------
+    path : Path or str
+
+    Returns
+    -------
+    dict of str to Disposal
+        Keyed by class name.
+
+    Raises
+    ------
+    ValueError
+        The file is not valid TOML or an entry lacks ``bin`` / ``advice``.
+    """
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    bins = {}
+    for name, entry in data.get("classes", {}).items():
+        if not entry.get("bin") or not entry.get("advice"):
+            raise ValueError(f"{path}: class {name!r} needs both 'bin' and 'advice'")
+        bins[name] = Disposal(str(entry["bin"]), str(entry["advice"]), bool(entry.get("hazardous")))
+    return bins
+
+
+def disposal_for(label: str, bins: Mapping[str, Disposal]) -> Disposal:
+    """The entry for ``label``, or a safe fallback when the data file has none."""
+    return bins.get(label) or Disposal(
+        "Unknown: ask your local waste service",
+        f"The disposal data has no entry for {label!r}; do not guess, check locally.")
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A servable classifier as the selector shows it."""
+
+    name: str
+    version: str
+    tta: bool  # its `<name>_tta` ensemble is ready too
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (v{self.version})" if self.version else self.name
+
+
+def model_choices(models: Iterable, preferred: str = DEFAULT_MODEL) -> list[ModelChoice]:
+    """The ensembles a person can pick, from the server's ready models.
+
+    A ready model ``X`` is offered when ``X_classifier`` is ready too: that leaves out the
+    classifiers themselves, the helper models (``preprocess``, ``tta_flip``, ...) and the ``_tta``
+    twins, which the TTA switch selects instead.
+
+    Parameters
+    ----------
+    models : iterable of ModelInfo
+        ``Classifier.models()`` (objects with ``name`` and ``version``).
+    preferred : str
+        Put first when present.
+
+    Returns
+    -------
+    list of ModelChoice
+    """
+    models = list(models)
+    names = {m.name for m in models}
+    choices = [
+        ModelChoice(m.name, str(m.version), f"{m.name}{TTA_SUFFIX}" in names)
+        for m in models
+        if f"{m.name}{CLASSIFIER_SUFFIX}" in names
+    ]
+    # Newest version first within a name; the preferred name first overall.
+    choices.sort(key=lambda c: (c.name != preferred, c.name, -_version_number(c.version)))
+    return choices
+
+
+def _version_number(version: str) -> int:
+    try:
+        return int(version)
+    except ValueError:
+        return 0
+
+
+def served_model(choice: ModelChoice, tta: bool) -> tuple[str, str]:
+    """(model name, version) to ask the server for; the TTA ensemble keeps its own versions."""
+    if tta and choice.tta:
+        return f"{choice.name}{TTA_SUFFIX}", ""
+    return choice.name, choice.version
+
+
+# -- wording -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one prediction is said."""
+
+    label: str
+    score: float
+    confident: bool
+    headline: str
+    runner_up: Optional[str] = None
+
+
+def verdict(top_k: Sequence[tuple[str, float]], threshold: float) -> Verdict:
+    """Word a prediction: an answer when the top score reaches ``threshold``, else a question.
+
+    Parameters
+    ----------
+    top_k : sequence of (label, score)
+        Best first, at least one pair.
+    threshold : float
+
+    Returns
+    -------
+    Verdict
+        ``headline`` is ``"Prediction: paper (93%)"`` or
+        ``"Not sure: is it paper or cardboard? (top score 41%)"``.
+    """
+    label, score = top_k[0]
+    runner_up = top_k[1][0] if len(top_k) > 1 else None
+    if score >= threshold:
+        return Verdict(label, score, True, f"Prediction: {label} ({score:.0%})", runner_up)
+    question = f"is it {label} or {runner_up}?" if runner_up else f"is it {label}?"
+    return Verdict(label, score, False, f"Not sure: {question} (top score {score:.0%})", runner_up)
+
+
+# -- results table -----------------------------------------------------------------------------
+
+CSV_COLUMNS = ("file", "label", "score", "confident", "runner_up", "runner_up_score", "bin",
+               "model", "version", "error")
+
+
+@dataclass
+class ResultRow:
+    """One uploaded image's outcome, as the table and the CSV show it."""
+
+    file: str
+    label: str = ""
+    score: Optional[float] = None
+    confident: Optional[bool] = None
+    runner_up: str = ""
+    runner_up_score: Optional[float] = None
+    bin: str = ""
+    model: str = ""
+    version: str = ""
+    error: str = ""
+    thumbnail: str = field(default="", repr=False)  # data URL, table only
+
+
+def result_row(file: str, prediction=None, error: str = "", *, threshold: float = DEFAULT_THRESHOLD,
+               bins: Mapping[str, Disposal] = {}, thumbnail: str = "") -> ResultRow:
+    """Build one row from a ``waste_client.Prediction`` (or an error message)."""
+    if prediction is None:
+        return ResultRow(file, error=error or "no prediction", thumbnail=thumbnail)
+    v = verdict(prediction.top_k, threshold)
+    second = prediction.top_k[1] if len(prediction.top_k) > 1 else ("", None)
+    return ResultRow(file, v.label, round(v.score, 4), v.confident, second[0],
+                     None if second[1] is None else round(second[1], 4),
+                     disposal_for(v.label, bins).bin, prediction.model, prediction.version,
+                     thumbnail=thumbnail)
+
+
+def table_records(rows: Iterable[ResultRow]) -> list[dict]:
+    """Rows as dicts for ``st.dataframe`` (thumbnail first)."""
+    return [{"thumbnail": r.thumbnail, **{c: getattr(r, c) for c in CSV_COLUMNS}} for r in rows]
+
+
+def rows_to_csv(rows: Iterable[ResultRow]) -> str:
+    """The results table as CSV text (no thumbnails)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({c: "" if getattr(r, c) is None else getattr(r, c) for c in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def thumbnail_data_url(image_bytes: bytes, size: int = 64) -> str:
+    """A small PNG data URL of an uploaded image for the table; "" when it cannot be decoded.
+
+    Decoding here is for display only: the server decides what the model sees.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+    except Exception:  # noqa: BLE001 - a broken upload shows as an error row, not as a crash
+        return ""
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def describe_error(exc: BaseException, settings: Settings, model: str = "") -> str:
+    """A message for a person: what failed and what to do; never a traceback.
+
+    Parameters
+    ----------
+    exc : BaseException
+        Usually a ``waste_client.ClassifierError``.
+    settings : Settings
+    model : str
+        The model that was asked for, if any.
+
+    Returns
+    -------
+    str
+        Markdown.
+    """
+    status = getattr(exc, "status", "")
+    message = getattr(exc, "message", None) or str(exc)
+    where = f"`{settings.server_url}` ({settings.protocol})"
+    if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return f"The classification server at {where} does not answer. {HOW_TO_START}"
+    if status == "NOT_FOUND" and model:
+        return (f"The server at {where} has no ready model `{model}`. List the ready models in the "
+                f"sidebar; if the trained model is not exported yet, run the export step, or start "
+                f"a server on a repository that has it. {HOW_TO_START}")
+    if status == "INVALID_ARGUMENT":
+        return f"This file could not be classified: {message}"
+    return f"The server at {where} answered with an error ({status or type(exc).__name__}): {message}"

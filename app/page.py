@@ -1,0 +1,197 @@
+"""The Streamlit page. Decisions live in `app.logic`, server calls in `app.service`, figures in `app.charts`."""
+from __future__ import annotations
+
+import hashlib
+from typing import Dict, List, Optional, Tuple
+
+import streamlit as st
+
+from waste_client import ClassifierError
+
+from app import charts, heatmap
+from app.logic import (
+    HOW_TO_START,
+    load_settings,
+    ModelChoice,
+    Settings,
+    describe_error,
+    disposal_for,
+    load_bins,
+    model_choices,
+    result_row,
+    rows_to_csv,
+    served_model,
+    table_records,
+    thumbnail_data_url,
+    verdict,
+)
+from app.service import Service
+
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+
+
+def main(argv=()) -> None:
+    """Render the page for command-line options ``argv`` (after ``--``) and the WASTE_* variables.
+
+    Every failure ends as a message on the page, never as a traceback.
+    """
+    st.set_page_config(page_title="Which bin?", page_icon=":recycle:", layout="wide")
+    st.title("Which bin? Waste photo classifier")
+    try:
+        settings = load_settings(argv)
+    except ValueError as exc:
+        st.error(f"Bad setting: {exc}. Check WASTE_THRESHOLD / --threshold.")
+        return
+    try:
+        with Service(settings.server_url, settings.protocol) as service:
+            _page(settings, service)
+    except ClassifierError as exc:
+        st.error(describe_error(exc, settings))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        st.error(f"Something went wrong in the app: {type(exc).__name__}: {exc}. "
+                 "Reload the page; if it persists, report it with the steps that led here.")
+
+
+def _page(settings: Settings, service: Service) -> None:
+    try:
+        bins = load_bins(settings.bins_path)
+    except (OSError, ValueError) as exc:
+        st.error(f"The disposal data file cannot be read ({exc}). Point `WASTE_BINS` at a valid "
+                 "file such as `app/bins.toml`.")
+        return
+
+    sidebar = st.sidebar
+    sidebar.header("Server")
+    sidebar.caption(f"`{settings.server_url}` ({settings.protocol})")
+    try:
+        ready = service.models()
+    except ClassifierError as exc:
+        st.error(describe_error(exc, settings))
+        return
+    choices = model_choices(ready, settings.model)
+    if not choices:
+        st.error(f"The server at `{settings.server_url}` answers but has no classifier ready "
+                 f"(a model `X` with its `X_classifier`). Ready: "
+                 f"{', '.join(m.name for m in ready) or 'none'}. Export a model into the "
+                 f"repository and restart the server. {HOW_TO_START}")
+        return
+    if settings.model not in {c.name for c in choices}:
+        st.warning(f"Model `{settings.model}` is not ready on the server (the trained model may not "
+                   f"be exported yet); using `{choices[0].name}`.")
+
+    choice: ModelChoice = sidebar.selectbox("Model", choices, format_func=lambda c: c.title)
+    tta = sidebar.toggle("Test-time augmentation (image + mirror, averaged)", value=False,
+                         disabled=not choice.tta,
+                         help=None if choice.tta else f"`{choice.name}_tta` is not ready")
+    threshold = sidebar.slider("Say 'not sure' below this top score", 0.0, 1.0,
+                               float(settings.threshold), 0.05)
+    show_heatmap = sidebar.toggle("Occlusion heatmap", value=True,
+                                  help="One extra request of 50 images: see app/heatmap.py")
+    model, version = served_model(choice, tta)
+    sidebar.caption(f"Asking `{model}`" + (f" v{version}" if version else ""))
+
+    images = _inputs()
+    if not images:
+        st.info("Upload one or more photos of a single item each, or take one with the camera.")
+        return
+
+    outcomes = [(name, data, *_classify(service, data, model, version)) for name, data in images]
+    if len(outcomes) == 1:
+        name, data, prediction, error = outcomes[0]
+        _detail(service, settings, name, data, prediction, error, model, threshold, bins, show_heatmap)
+        return
+
+    rows = [result_row(name, prediction, _error_text(error, settings, model), threshold=threshold,
+                       bins=bins, thumbnail=thumbnail_data_url(data))
+            for name, data, prediction, error in outcomes]
+    st.subheader(f"{len(rows)} images")
+    st.dataframe(table_records(rows), hide_index=True, column_config={
+        "thumbnail": st.column_config.ImageColumn("image"),
+        "score": st.column_config.NumberColumn(format="percent"),
+        "runner_up_score": st.column_config.NumberColumn(format="percent"),
+    })
+    st.download_button("Download the table (CSV)", rows_to_csv(rows), file_name="predictions.csv",
+                       mime="text/csv")
+    titles = [f"{i + 1}. {o[0]}" for i, o in enumerate(outcomes)]
+    picked = st.selectbox("Details for", range(len(outcomes)), format_func=lambda i: titles[i])
+    name, data, prediction, error = outcomes[picked]
+    _detail(service, settings, name, data, prediction, error, model, threshold, bins, show_heatmap)
+
+
+def _inputs() -> List[Tuple[str, bytes]]:
+    uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True)
+    images = [(u.name, u.getvalue()) for u in uploads or []]
+    # The camera widget asks the browser for permission as soon as it is drawn: only on request.
+    if st.toggle("Use the camera"):
+        shot = st.camera_input("Take a photo of the item")
+        if shot is not None:
+            images.append(("camera.jpg", shot.getvalue()))
+    return images
+
+
+def _cached(kind: str, key: tuple, compute):
+    """Per-session memo of server answers: a rerun (moving the slider) must not re-ask the server.
+
+    Errors are not memoised, so pressing "rerun" after starting the server works.
+    """
+    memo: Dict = st.session_state.setdefault("_memo", {})
+    full = (kind, *key)
+    if full not in memo:
+        if len(memo) > 512:
+            memo.clear()
+        memo[full] = compute()
+    return memo[full]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _classify(service: Service, data: bytes, model: str, version: str):
+    """(prediction, None) or (None, error) for one image; a bad image must not stop the others."""
+    try:
+        key = (service.url, model, version, _digest(data))
+        return _cached("classify", key, lambda: service.classify(data, model, version)), None
+    except ClassifierError as exc:
+        if exc.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND"):
+            raise  # the server or the model is gone: one page-level message, not one per row
+        return None, exc
+
+
+def _error_text(error: Optional[ClassifierError], settings: Settings, model: str) -> str:
+    return describe_error(error, settings, model) if error is not None else ""
+
+
+def _detail(service, settings, name, data, prediction, error, model, threshold, bins,
+            show_heatmap) -> None:
+    st.subheader(name)
+    if prediction is None:
+        st.error(_error_text(error, settings, model))
+        return
+    v = verdict(prediction.top_k, threshold)
+    (st.success if v.confident else st.warning)(v.headline)
+    labels = [v.label] if v.confident or not v.runner_up else [v.label, v.runner_up]
+    for label in labels:
+        disposal = disposal_for(label, bins)
+        text = f"**{label}: {disposal.bin}.** {disposal.advice}"
+        (st.error if disposal.hazardous else st.info)(text)
+
+    seen, heat, gauge = st.columns(3)
+    pixels = None
+    try:
+        pixels = _cached("preprocess", (service.url, _digest(data)), lambda: service.preprocess(data))
+        seen.image(pixels, width="stretch", caption="As the model sees it (224x224, letterboxed)")
+    except ClassifierError as exc:
+        seen.warning(f"Letterboxed view unavailable: {exc.message}")
+    if show_heatmap and pixels is not None:
+        try:
+            importance = _cached("occlusion", (service.url, model, v.label, _digest(data)),
+                                 lambda: service.occlusion(pixels, model, v.label))
+            heat.image(heatmap.overlay(pixels, importance), width="stretch",
+                       caption=f"What drove '{v.label}' (occlusion, {heatmap.GRID}x{heatmap.GRID}: "
+                               "bright = hiding it lowers the score most)")
+        except ClassifierError as exc:
+            heat.warning(f"Heatmap unavailable: {exc.message}")
+    gauge.plotly_chart(charts.confidence_gauge(v.score, threshold), use_container_width=True)
+    st.plotly_chart(charts.top_k_bars(prediction.top_k), use_container_width=True)
+    st.caption(f"Answered by `{prediction.model}` version {prediction.version or '?'}.")
