@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import html
 import io
 import os
 import tomllib
@@ -275,9 +276,28 @@ def result_row(file: str, prediction=None, error: str = "", *, threshold: float 
                      thumbnail=thumbnail)
 
 
-def table_records(rows: Iterable[ResultRow]) -> list[dict]:
-    """Rows as dicts for ``st.dataframe`` (thumbnail first)."""
-    return [{"thumbnail": r.thumbnail, **{c: getattr(r, c) for c in CSV_COLUMNS}} for r in rows]
+TABLE_COLUMNS = ("file", "label", "score", "runner_up", "bin", "error")
+
+
+def results_html(rows: Iterable[ResultRow]) -> str:
+    """The results table as HTML with thumbnails; every value escaped.
+
+    HTML rather than ``st.dataframe``: the dataframe needs pyarrow, whose current releases refuse
+    the NumPy 1.26 this project pins (the classifier stack needs it), and an image column is plain
+    ``<img>`` here.
+    """
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("image", *TABLE_COLUMNS))
+    body = []
+    for r in rows:
+        cells = [f'<img src="{html.escape(r.thumbnail, quote=True)}" alt="" width="64">'
+                 if r.thumbnail else ""]
+        for c in TABLE_COLUMNS:
+            value = getattr(r, c)
+            if c == "score" and value is not None:
+                value = f"{value:.0%}" + ("" if r.confident else " (not sure)")
+            cells.append(html.escape("" if value is None else str(value)))
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return f'<table class="waste-results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def rows_to_csv(rows: Iterable[ResultRow]) -> str:

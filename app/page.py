@@ -19,9 +19,9 @@ from app.logic import (
     load_bins,
     model_choices,
     result_row,
+    results_html,
     rows_to_csv,
     served_model,
-    table_records,
     thumbnail_data_url,
     verdict,
 )
@@ -80,12 +80,12 @@ def _page(settings: Settings, service: Service) -> None:
                    f"be exported yet); using `{choices[0].name}`.")
 
     choice: ModelChoice = sidebar.selectbox("Model", choices, format_func=lambda c: c.title)
-    tta = sidebar.toggle("Test-time augmentation (image + mirror, averaged)", value=False,
+    tta = sidebar.toggle("Test-time augmentation (image + mirror, averaged)", value=False, key="tta",
                          disabled=not choice.tta,
                          help=None if choice.tta else f"`{choice.name}_tta` is not ready")
     threshold = sidebar.slider("Say 'not sure' below this top score", 0.0, 1.0,
                                float(settings.threshold), 0.05)
-    show_heatmap = sidebar.toggle("Occlusion heatmap", value=True,
+    show_heatmap = sidebar.toggle("Occlusion heatmap", value=True, key="heatmap",
                                   help="One extra request of 50 images: see app/heatmap.py")
     model, version = served_model(choice, tta)
     sidebar.caption(f"Asking `{model}`" + (f" v{version}" if version else ""))
@@ -105,11 +105,8 @@ def _page(settings: Settings, service: Service) -> None:
                        bins=bins, thumbnail=thumbnail_data_url(data))
             for name, data, prediction, error in outcomes]
     st.subheader(f"{len(rows)} images")
-    st.dataframe(table_records(rows), hide_index=True, column_config={
-        "thumbnail": st.column_config.ImageColumn("image"),
-        "score": st.column_config.NumberColumn(format="percent"),
-        "runner_up_score": st.column_config.NumberColumn(format="percent"),
-    })
+    # Only our own escaped HTML (logic.results_html) goes through unsafe_allow_html.
+    st.markdown(results_html(rows), unsafe_allow_html=True)
     st.download_button("Download the table (CSV)", rows_to_csv(rows), file_name="predictions.csv",
                        mime="text/csv")
     titles = [f"{i + 1}. {o[0]}" for i, o in enumerate(outcomes)]
@@ -119,10 +116,10 @@ def _page(settings: Settings, service: Service) -> None:
 
 
 def _inputs() -> List[Tuple[str, bytes]]:
-    uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True)
+    uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True, key="photos")
     images = [(u.name, u.getvalue()) for u in uploads or []]
     # The camera widget asks the browser for permission as soon as it is drawn: only on request.
-    if st.toggle("Use the camera"):
+    if st.toggle("Use the camera", key="camera"):
         shot = st.camera_input("Take a photo of the item")
         if shot is not None:
             images.append(("camera.jpg", shot.getvalue()))
@@ -192,6 +189,6 @@ def _detail(service, settings, name, data, prediction, error, model, threshold, 
                                "bright = hiding it lowers the score most)")
         except ClassifierError as exc:
             heat.warning(f"Heatmap unavailable: {exc.message}")
-    gauge.plotly_chart(charts.confidence_gauge(v.score, threshold), use_container_width=True)
-    st.plotly_chart(charts.top_k_bars(prediction.top_k), use_container_width=True)
+    gauge.plotly_chart(charts.confidence_gauge(v.score, threshold), width="stretch")
+    st.plotly_chart(charts.top_k_bars(prediction.top_k), width="stretch")
     st.caption(f"Answered by `{prediction.model}` version {prediction.version or '?'}.")
