@@ -41,6 +41,7 @@ class TrainConfig:
     patience: int = 4
     # output
     run_dir: str = "runs/effnet_lite0"
+    cache_dir: str = "cache/activations"  # cached bottom activations, reused by re-runs with the same inputs
     name: str = "effnet_lite0"
 
     @classmethod

@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     model = build_model(cfg.backbone, cfg.image_size, cfg.weights, cfg.head_units, cfg.head_dropout)
     freeze_batchnorm(model)
     bottom, top = split_model(model, cfg.finetune_from)
-    cache_dir = Path("cache") / "activations"
+    cache_dir = Path(cfg.cache_dir)
     train_acts = cached_views(cfg, bottom, "train", splits["train"], cfg.views, cache_dir)
     val_acts = cached_views(cfg, bottom, "val", splits["val"], 1, cache_dir)
     t_cache = time.time() - t0
