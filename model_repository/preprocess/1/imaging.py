@@ -73,14 +73,14 @@ def decode_image(
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        raise ImageDecodeError(_unidentified_reason(data)) from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (2x its 89 MP warning level) fires inside open, before ours can; its
+        # message carries the declared pixel count ("Image size (2500000000 pixels) exceeds ...").
+        declared = str(exc).split(" pixels)", 1)[0].rpartition("(")[2]
+        declared = f"{declared} pixels" if declared.isdigit() else f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels"
         raise ImageDecodeError(
-            f"not a recognised image file ({len(data)} bytes starting {bytes(data[:8])!r}); "
-            "expected JPEG, PNG, WebP, BMP, GIF or TIFF"
-        ) from None
-    except Image.DecompressionBombError:
-        # Pillow's own guard (2x its 89 MP warning level) fires inside open, before ours can.
-        raise ImageDecodeError(
-            f"image header declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels, over the limit "
+            f"image header declares {declared}, over the limit "
             f"of {max_pixels / 1e6:g} megapixels ({max_pixels} pixels)") from None
     except (OSError, ValueError, SyntaxError) as exc:  # corrupt headers raise any of these
         raise ImageDecodeError(f"corrupt image header: {exc}") from None
@@ -111,6 +111,48 @@ def decode_image(
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the whole image
         pass
     return to_rgb(img)
+
+
+#: Documents people upload by mistake, recognised so the message says what was sent. SVG is refused
+#: on purpose: it is XML that can reference external files and needs a renderer, not a decoder.
+_DOCUMENT_KINDS = (
+    (b"%pdf-", "a PDF document"),
+    (b"<svg", "an SVG (vector) image"),
+    (b"<!doctype html", "an HTML document"),
+    (b"<html", "an HTML document"),
+    (b"<?xml", "an XML document"),
+)
+#: Signatures of accepted formats: bytes that start like one but do not open are a corrupt file.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why Pillow could not identify `data`, as precisely as the first bytes allow."""
+    head = bytes(data[:1024]).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    expected = "expected JPEG, PNG, WebP, BMP, GIF or TIFF"
+    for prefix, kind in _DOCUMENT_KINDS:
+        if head.startswith(prefix):
+            if prefix == b"<?xml" and b"<svg" in head:
+                kind = "an SVG (vector) image"
+            return f"not a recognised image file: the data is {kind}, not a raster image; {expected}"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt = "WEBP"
+    else:
+        fmt = next((f for magic, f in _SIGNATURES if data.startswith(magic)), None)
+    if fmt is not None and fmt in Image.OPEN:
+        # Image.open hides the plugin's reason behind "cannot identify"; opening with the plugin
+        # the signature names gives it back (e.g. "broken PNG file (bad header checksum in IHDR)").
+        try:
+            Image.OPEN[fmt][0](io.BytesIO(data)).close()
+            reason = "the header does not parse"
+        except Exception as exc:  # noqa: BLE001 - any plugin error is the reason we report
+            reason = str(exc) or type(exc).__name__
+        return f"corrupt {fmt} file: {reason}"
+    return (f"not a recognised image file ({len(data)} bytes starting {bytes(data[:8])!r}); "
+            f"{expected}")
 
 
 def to_rgb(img: Image.Image, background: int = PAD_VALUE) -> Image.Image:
