@@ -30,6 +30,12 @@ ENSEMBLE_OUTPUT = "probabilities"
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (8, 16, 32)
 MAX_QUEUE_DELAY_US = 5000
+#: Requests that may wait in the classifier's queue before new ones are refused with UNAVAILABLE:
+#: at the ~25 images/s the 2-core box sustains (load_tests/thresholds.toml), 64 is ~2.5 s of work.
+MAX_QUEUE_SIZE = 64
+#: A request still queued after this long is refused (UNAVAILABLE) instead of answered late; clients
+#: may ask for less (allow_timeout_override), never for more.
+QUEUE_TIMEOUT_US = 3_000_000
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
@@ -50,6 +56,7 @@ def write_labels(model_dir, classes=CLASSES) -> Path:
 def classifier_config(name: str, *, max_batch_size: int = MAX_BATCH_SIZE,
                       preferred_batch_sizes=PREFERRED_BATCH_SIZES,
                       max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
+                      max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_us: int = QUEUE_TIMEOUT_US,
                       instance_count: int = 1, intra_op_threads: int = 2,
                       num_classes: int = len(CLASSES)) -> str:
     """config.pbtxt text of `<name>_classifier` (backend onnxruntime, `1/model.onnx`)."""
@@ -84,6 +91,18 @@ output [
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
+  # Overload: an unbounded queue turns "too many requests" into latency that grows without limit
+  # (every queued request waits for all before it). Bounded, the server answers UNAVAILABLE at once
+  # ("Exceeds maximum queue size") and the client backs off and retries (waste_client retries
+  # UNAVAILABLE). {max_queue_size} requests are ~{max_queue_size / 25:g} s of work at the ~25 images/s the 2-core box
+  # sustains; a request still queued after {queue_timeout_us / 1e6:g} s (a slower box, a stalled instance) is
+  # refused the same way rather than answered after its client gave up.
+  default_queue_policy {{
+    max_queue_size: {max_queue_size}
+    timeout_action: REJECT
+    default_timeout_microseconds: {queue_timeout_us}
+    allow_timeout_override: true
+  }}
 }}
 # One instance whose onnxruntime uses both cores: once batches form, a second instance would only
 # compete with it and with preprocess for the same 2 cores (expected, not yet measured on the real
@@ -132,7 +151,9 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
 name: "{model_name}"
 platform: "ensemble"
 # Ensembles have no batcher of their own: batching happens in each step's dynamic batcher. The
-# limit may not exceed any step's max_batch_size ({MAX_BATCH_SIZE}).
+# limit may not exceed any step's max_batch_size ({MAX_BATCH_SIZE}). Nor a queue: overload is bounded
+# by each step's default_queue_policy (max_queue_size, queue timeout), whose UNAVAILABLE the
+# ensemble returns as is.
 max_batch_size: {max_batch_size}
 input [
   {{
