@@ -9,6 +9,7 @@ model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -228,6 +229,38 @@ def model_report(server: TritonServer) -> list[tuple[str, str, str]]:
     return report
 
 
+def verify_exports(model_repository) -> list[str]:
+    """Check every `<model>/<version>/export.json` "sha256" against the model file beside it.
+
+    Returns one line per problem (empty: all match or nothing recorded). The stand-in backend
+    refuses such a version at load; NVIDIA's native onnxruntime backend would serve it, so
+    `python -m server.launch` runs this first and says which model is affected.
+    """
+    problems = []
+    for record in sorted(Path(model_repository).glob("*/*/export.json")):
+        version_dir = record.parent
+        try:
+            expected = json.loads(record.read_text()).get("sha256")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{version_dir.parent.name} v{version_dir.name}: unreadable {record.name}: {exc}")
+            continue
+        if not expected:
+            continue
+        files = [p for p in version_dir.iterdir() if p.is_file() and p.name != "export.json"]
+        model_file = next((p for p in files if p.name == "model.onnx"), files[0] if len(files) == 1 else None)
+        if model_file is None:
+            problems.append(f"{version_dir.parent.name} v{version_dir.name}: export.json but no model file")
+            continue
+        digest = hashlib.sha256()
+        with open(model_file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            problems.append(f"{version_dir.parent.name} v{version_dir.name}: {model_file.name} sha256 "
+                            f"{digest.hexdigest()[:16]}... does not match export.json {expected[:16]}...")
+    return problems
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -246,6 +279,8 @@ def main() -> int:
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    for problem in verify_exports(repository):
+        print(f"SHA256 MISMATCH {problem}: this version must not be served", file=sys.stderr, flush=True)
     try:
         server.start()
     except TritonServerError as exc:

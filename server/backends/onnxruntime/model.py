@@ -7,6 +7,7 @@ serves with the native backend. Everything here therefore follows the native bac
 config tensor names must be the ONNX graph's names, `default_model_filename` defaults to
 `model.onnx`, and the thread count comes from the native parameter `intra_op_thread_count`.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ class TritonPythonModel:
         self.outputs = [_TensorSpec.from_config(spec) for spec in config["output"]]
 
         model_path = _find_model_file(args, config)
+        _verify_export_digest(self.model_name, model_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = _intra_op_threads(config)
         # Parallelism across requests comes from Triton instances; inside one run, a second pool
@@ -142,6 +144,28 @@ def _find_model_file(args, config):
         if path.is_file():
             return path
     raise FileNotFoundError(f"{args['model_name']}: no {filename} at {candidates[0]}")
+
+
+def _verify_export_digest(model_name, model_path):
+    """Refuse a model file whose sha256 differs from the one export.json beside it recorded.
+
+    The export writes `<version>/export.json` with "sha256"; a mismatch means a partial copy, a
+    corrupted disk or a swapped file, none of which should be served. (The native backend has no
+    such check; server/launch.py verifies the same digests before starting for that case.)
+    """
+    record = model_path.parent / "export.json"
+    if not record.is_file():
+        return
+    expected = json.loads(record.read_text()).get("sha256")
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{model_name}: {model_path.name} sha256 {digest.hexdigest()} does not match "
+                         f"{expected} recorded in {record}; refusing to serve a corrupt or replaced model")
 
 
 def _intra_op_threads(config):
