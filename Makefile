@@ -10,7 +10,7 @@ export HTTP_PORT GRPC_PORT METRICS_PORT
 RUN ?= runs/effnet_lite0
 NAME ?= effnet_lite0
 
-.PHONY: setup serve demo test train export evaluate audit split bench loadtest app clean
+.PHONY: setup serve demo test reliability train export evaluate audit split bench loadtest app clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+reliability: setup
+	$(PY) -m pytest -q tests/test_bad_inputs.py tests/test_overload.py tests/test_faults.py
 
 audit: setup
 	$(PY) -m training audit ../shared/data/garbage12 --out training/splits/garbage12_audit.json --md training/splits/garbage12_audit.md
@@ -53,7 +56,7 @@ loadtest: setup
 	$(PY) -m load_tests.run
 
 app: setup
-	$(PY) -m app.run
+	$(PY) -m app.run $(if $(URL),--server-url $(URL)) $(if $(DEV),--dev)
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts
