@@ -153,3 +153,65 @@ def machine_description() -> dict:
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
     }
+
+
+def merge_rows(parts: list[Row]) -> Row:
+    """One row from the rounds of the same measurement: totals summed, latencies pooled."""
+    first = parts[0]
+    seconds = sum(p.seconds for p in parts)
+
+    def weighted(attr):
+        values = [(getattr(p, attr), p.seconds) for p in parts if getattr(p, attr) is not None]
+        return sum(v * s for v, s in values) / sum(s for _, s in values) if values else None
+
+    return Row(first.key, first.what, sum(p.images for p in parts), seconds,
+               [x for p in parts for x in p.latencies_s], weighted("cpu_ours"), weighted("cpu_system"),
+               first.note)
+
+
+def merge_deltas(parts: list[list[dict]]) -> list[dict]:
+    """Per-model counter summaries of several rounds, combined weighted by requests."""
+    combined: dict = {}
+    for delta in parts:
+        for d in delta:
+            c = combined.setdefault(d["model"], {"model": d["model"], "requests": 0, "executions": 0, "_items": 0.0,
+                                                 "request_ms": 0.0, "queue_ms": 0.0,
+                                                 "compute_infer_ms_per_exec": 0.0, "compute_io_ms_per_request": 0.0})
+            n = d["requests"]
+            c["requests"] += n
+            c["executions"] += d["executions"]
+            c["_items"] += d["mean_batch"] * d["executions"]
+            for key in ("request_ms", "queue_ms", "compute_infer_ms_per_exec", "compute_io_ms_per_request"):
+                c[key] += d[key] * n
+    out = []
+    for c in combined.values():
+        n = max(c["requests"], 1)
+        for key in ("request_ms", "queue_ms", "compute_infer_ms_per_exec", "compute_io_ms_per_request"):
+            c[key] /= n
+        c["mean_batch"] = c.pop("_items") / max(c["executions"], 1)
+        out.append(c)
+    return sorted(out, key=lambda d: d["model"])
+
+
+def interleaved(items: dict, rounds: int) -> dict:
+    """Run every measurement `rounds` times, round-robin, and merge: {label: (Row, extra...)}.
+
+    On a shared machine the background load drifts within a minute; measuring A, B, C, A, B, C...
+    exposes every configuration to the same drift, so their ratios stay meaningful where
+    back-to-back blocks (all A, then all B) would compare different moments.
+    Each item is a callable returning a Row or (Row, triton delta).
+    """
+    results: dict = {label: [] for label in items}
+    labels = list(items)
+    for r in range(rounds):
+        # Rotate the order too, so no configuration always runs right after the same neighbour.
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            results[label].append(items[label]())
+    merged = {}
+    for label, parts in results.items():
+        if isinstance(parts[0], tuple):
+            merged[label] = (merge_rows([p[0] for p in parts]), merge_deltas([p[1] for p in parts]))
+        else:
+            merged[label] = merge_rows(parts)
+    return merged

@@ -246,3 +246,28 @@ def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int
     note = f"{protocol}, {in_flight} in flight" + (f", {len(servers)} servers" if len(servers) > 1 else "")
     row = meter.fill(Row(key, what, summary.scored, summary.elapsed, list(client.latencies), note=note))
     return row, metrics_delta(before[0], after[0])
+
+
+def start_servers(stack: contextlib.ExitStack, repositories: list) -> list:
+    """Start one tritonserver per repository, concurrently; `stack` stops them all on exit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.launch import TritonServer
+
+    servers = [TritonServer(repo, timeout=300) for repo in repositories]
+    for server in servers:
+        stack.callback(server.stop)
+    with ThreadPoolExecutor(len(servers)) as pool:
+        list(pool.map(lambda s: s.start(), servers))
+    return servers
+
+
+def warm_up(server, name: str, paths: list[str]) -> None:
+    """A few requests to the plain and TTA ensembles: first runs allocate arenas and load code."""
+    from waste_client import Classifier
+
+    for model in (name, f"{name}_tta"):
+        with Classifier(server.grpc_url, model=model, retries=0, concurrency=4) as client:
+            for item in client.classify_many(paths, max_in_flight=4):
+                if not item.ok:
+                    raise RuntimeError(f"warm-up of {model} failed: {item.error}")

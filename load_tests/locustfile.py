@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 
@@ -58,6 +58,8 @@ def _options(parser):
     parser.add_argument("--think-time", type=float, default=0.0,
                         help="max seconds a user waits between requests (0: closed loop)")
     parser.add_argument("--request-timeout", type=float, default=30.0)
+    parser.add_argument("--reject-backoff", type=float, default=0.5,
+                        help="seconds a user pauses after an UNAVAILABLE, like a client's retry backoff")
     parser.add_argument("--thresholds", default=str(Path(__file__).with_name("thresholds.toml")))
     parser.add_argument("--scenario", default="default", help="table of the thresholds file")
     parser.add_argument("--threshold-override", action="append", default=[],
@@ -125,6 +127,10 @@ class TritonUser(User):
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.protocol} {model}", response_time=elapsed_ms,
             response_length=length, exception=exception, context={})
+        if isinstance(exception, OverloadRejected):
+            # A refusal takes ~1 ms; resending at once would turn the test into a loop measuring
+            # how fast Triton says no, starving the requests that were accepted of CPU.
+            gevent.sleep(self.environment.parsed_options.reject_backoff)
 
 
 class GrpcUser(TritonUser):

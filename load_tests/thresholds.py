@@ -47,7 +47,9 @@ def count_failures(errors) -> tuple[int, int]:
     """(overload rejections, other failures) from Locust's `stats.errors` values."""
     overload = other = 0
     for error in errors:
-        if OVERLOAD in str(error.error):
+        # Locust keeps the exception object (its CSV shows the repr); the class name is in the repr.
+        text = error.error if isinstance(error.error, str) else repr(error.error)
+        if OVERLOAD in text:
             overload += error.occurrences
         else:
             other += error.occurrences
@@ -65,8 +67,9 @@ def check(stats, thresholds: dict) -> dict:
     total = stats.total
     overload, other = count_failures(stats.errors.values())
     requests = total.num_requests
-    duration = max(total.last_request_timestamp - total.start_time, 1e-9) if requests else 0.0
-    ok_rps = (requests - total.num_failures) / duration if duration else 0.0
+    # Same clock as Locust's own "Requests/s" column (RequestStats start / last request).
+    duration = (stats.last_request_timestamp or 0.0) - (stats.start_time or 0.0) if requests else 0.0
+    ok_rps = (requests - total.num_failures) / duration if duration > 0 else 0.0
     p95 = total.get_response_time_percentile(0.95) if requests else None
     checks = []
 

@@ -46,7 +46,7 @@ def test_unknown_threshold_is_refused_before_starting(tmp_path):
 def _stats(requests, failures, errors, p95=100.0, seconds=10.0):
     total = SimpleNamespace(num_requests=requests, num_failures=failures, start_time=0.0,
                             last_request_timestamp=seconds, get_response_time_percentile=lambda q: p95)
-    return SimpleNamespace(total=total, errors={i: SimpleNamespace(error=e, occurrences=n)
+    return SimpleNamespace(total=total, start_time=0.0, last_request_timestamp=seconds, errors={i: SimpleNamespace(error=e, occurrences=n)
                                                 for i, (e, n) in enumerate(errors)})
 
 
