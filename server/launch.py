@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,12 +59,17 @@ class TritonServer:
         More tritonserver flags, appended last so they override ours.
     keep_log : bool
         Keep the server log file after stop() (`log_path()`); tests leave it False.
+    supervise : bool
+        Watch the server and its Python backend stubs and restart tritonserver (same ports) when
+        either dies. tritonserver 2.51 neither restarts a dead stub nor reports the model unready
+        (triton-inference-server/server#8604), so without this one crashed stub fails every later
+        request of its model while the health endpoints still say ready.
     """
 
     def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
                  timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = (),
-                 keep_log: bool = False):
+                 keep_log: bool = False, supervise: bool = False):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.strict = strict
@@ -74,8 +80,13 @@ class TritonServer:
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
+        self.supervise = supervise
+        self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._log = None
+        self._stubs: dict[int, str] = {}
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def http_url(self) -> str:
@@ -118,18 +129,56 @@ class TritonServer:
             raise TritonServerError("server already started")
         if not self.model_repository.is_dir():
             raise TritonServerError(f"model repository {self.model_repository} does not exist")
-        backend_dir = prepare_backend_dir()
         # A file, not a pipe: nobody drains a pipe while the server runs and a full pipe blocks it.
         self._log = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)
-        self._process = subprocess.Popen(
-            self.command(backend_dir), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
         try:
-            self._wait_ready()
+            self._launch()
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self._stopping.clear()
+            self._watcher = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+            self._watcher.start()
         return self
+
+    def _launch(self) -> None:
+        self._process = subprocess.Popen(
+            self.command(prepare_backend_dir()), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
+        self._wait_ready()
+        self._stubs = {pid: _stub_model(pid) for pid in _stub_pids(self._process.pid)}
+
+    def _fault(self) -> str | None:
+        """Why the running server can no longer answer every model, or None."""
+        process = self._process
+        if process is None:
+            return None
+        code = process.poll()
+        if code is not None:
+            return f"tritonserver exited with code {code}"
+        for pid, model in sorted(self._stubs.items()):
+            state = _proc_state(pid)
+            if state is None or state in "ZX":
+                return f"the Python backend stub of model {model!r} (pid {pid}) died"
+        return None
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            reason = self._fault()
+            if reason is None or self._stopping.is_set():
+                continue
+            self.restarts += 1
+            print(f"supervisor: {reason}; restarting tritonserver (restart {self.restarts})",
+                  file=sys.stderr, flush=True)
+            self._terminate()
+            try:
+                self._launch()
+                print("supervisor: tritonserver ready again", file=sys.stderr, flush=True)
+            except TritonServerError as exc:
+                print(f"supervisor: restart failed, retrying: {exc}", file=sys.stderr, flush=True)
+                self._terminate()
+                self._stopping.wait(5)
 
     def _wait_ready(self) -> None:
         # Strict: /ready means every model loaded. Non-strict: endpoints come up only after the
@@ -156,6 +205,18 @@ class TritonServer:
 
     def stop(self) -> None:
         """Stop the server (SIGINT, Triton's graceful shutdown; SIGKILL after 20 s) and wait for it."""
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=60)
+            self._watcher = None
+        self._terminate()
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+            if not self.keep_log:
+                # Tests start many servers; start() already put the tail in any error it raised.
+                Path(self._log.name).unlink(missing_ok=True)
+
+    def _terminate(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -165,11 +226,12 @@ class TritonServer:
                 # The whole session: python stub processes must not outlive the server.
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        if self._log is not None and not self._log.closed:
-            self._log.close()
-            if not self.keep_log:
-                # Tests start many servers; start() already put the tail in any error it raised.
-                Path(self._log.name).unlink(missing_ok=True)
+        if process is not None:
+            # Stubs of a dead server (or orphans of a dead stub's model) must not linger.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -198,6 +260,37 @@ class TritonServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, Z, ...), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _stub_model(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(args[1].decode()).parent.parent.name
+    except (OSError, IndexError):
+        return ""
+
+
+def _stub_pids(server_pid: int) -> list[int]:
+    """Python backend stub processes whose parent is the tritonserver `server_pid`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == server_pid and b"triton_python_backend_stub" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
 
 
 def _http_ok(url: str) -> bool:
@@ -276,6 +369,7 @@ def main() -> int:
         host=os.environ.get("HOST", "127.0.0.1"),
         strict=False,
         keep_log=True,
+        supervise=True,
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -296,7 +390,8 @@ def main() -> int:
             print(f"  {state:<11} {name}" + (f"  ({reason})" if reason else ""))
         print(f"{'all models ready' if not failed else f'{failed} model(s) not ready'}; "
               f"server log: {server.log_path()}; Ctrl-C to stop", flush=True)
-        while server.is_running():
+        # With the supervisor, a dead server is restarted, so only Ctrl-C / SIGTERM ends this loop.
+        while server.is_running() or server.supervise:
             time.sleep(1)
         print(f"tritonserver exited\n{server.log_tail()}", file=sys.stderr)
         return 1

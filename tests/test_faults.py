@@ -60,13 +60,11 @@ def _stub_pids(server_pid: int, model: str) -> list[int]:
     return pids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "observed with tritonserver 2.51's python backend: a stub killed while idle is never restarted; "
-    "every later request fails INTERNAL \"Stub process ... is not healthy\" while the "
-    "server keeps running (RELIABILITY.md, open item)"))
 def test_killed_preprocess_stub_is_restarted_and_later_requests_succeed(tmp_path):
+    # tritonserver 2.51 never restarts a dead stub and keeps reporting ready (server#8604); the
+    # launcher's supervisor (on in `make serve`) notices the dead stub and restarts the server.
     repo = _repository(tmp_path / "repo")
-    with TritonServer(repo) as server:
+    with TritonServer(repo, supervise=True) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         _infer(client)
         stubs = _stub_pids(server._process.pid, "preprocess")
@@ -81,12 +79,13 @@ def test_killed_preprocess_stub_is_restarted_and_later_requests_succeed(tmp_path
                 break
             except InferenceServerException as exc:
                 failures.append(f"{exc.status()}: {exc.message()[:120]}")
-                assert time.monotonic() - killed < 15, failures
+                assert time.monotonic() - killed < 60, failures
                 time.sleep(0.2)
         recovered = time.monotonic() - killed
         for i in range(20):  # and nothing is lost afterwards
             _infer(client, data=GOOD[i % len(GOOD)].read_bytes())
         assert client.is_server_ready() and client.is_model_ready("dev")
+        assert server.restarts == 1
         new_stubs = _stub_pids(server._process.pid, "preprocess")
         assert len(new_stubs) == 2 and not set(new_stubs) & set(stubs)
         print(f"\nstub kill: first success {recovered:.2f} s after the kill, "

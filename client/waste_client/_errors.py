@@ -42,6 +42,9 @@ _TRANSIENT_MESSAGES = (
 # reported NOT_FOUND ("... has no available versions"); unlike an unknown model
 # name it comes back, so it counts as UNAVAILABLE.
 _UNLOADED_MESSAGES = ("has no available versions", "server is stopping", "is not ready")
+# A crashed Python backend stub answers INTERNAL until the launcher's supervisor restarts the
+# server (seconds); the same request then succeeds, so it is worth a retry, not an error row.
+_CRASHED_STUB_MESSAGES = ("stub process", "is not healthy")
 
 
 class ClassifierError(Exception):
@@ -119,6 +122,8 @@ def to_classifier_error(exc: BaseException) -> ClassifierError:
         if status == "UNKNOWN" and any(m in lowered for m in _TRANSIENT_MESSAGES):
             status = "UNAVAILABLE"
         elif status in ("NOT_FOUND", "INVALID_ARGUMENT") and any(m in lowered for m in _UNLOADED_MESSAGES):
+            status = "UNAVAILABLE"
+        elif status == "INTERNAL" and all(m in lowered for m in _CRASHED_STUB_MESSAGES):
             status = "UNAVAILABLE"
         return ClassifierError(message, status)
     if isinstance(exc, (asyncio.TimeoutError, socket.timeout, TimeoutError)):
