@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: Class names, alphabetical; index = position (CONTRACT.md).
-CLASSES = (
-    "battery", "biological", "brown-glass", "cardboard", "clothes", "green-glass",
-    "metal", "paper", "plastic", "shoes", "trash", "white-glass",
-)
+from training.labels import CLASSES  # the one list of classes, in output order
+
 INPUT_SIZE = 224
 CLASSIFIER_INPUT = "classifier_input"
 CLASSIFIER_OUTPUT = "classifier_output"
