@@ -24,6 +24,7 @@ class Row:
     cpu_ours: float | None = None  # % of all cores used by the measured processes
     cpu_system: float | None = None  # % of all cores busy machine-wide (includes other jobs)
     note: str = ""
+    params: dict = field(default_factory=dict)  # settings chosen by a sweep (batch, threads, in flight)
 
     @property
     def images_per_s(self) -> float:
@@ -166,7 +167,7 @@ def merge_rows(parts: list[Row]) -> Row:
 
     return Row(first.key, first.what, sum(p.images for p in parts), seconds,
                [x for p in parts for x in p.latencies_s], weighted("cpu_ours"), weighted("cpu_system"),
-               first.note)
+               first.note, dict(first.params))
 
 
 def merge_deltas(parts: list[list[dict]]) -> list[dict]:

@@ -32,7 +32,7 @@ def ort_session(onnx_path, threads: int = 0):
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_pixels(session, pixels: np.ndarray, batch: int, key: str, what: str) -> Row:
+def ort_pixels(session, pixels: np.ndarray, batch: int, key: str, what: str, threads: int = 0) -> Row:
     """Row 1 style: pre-decoded pixels, `batch` images per session.run."""
     session.run([OUTPUT_NAME], {INPUT_NAME: pixels[:batch]})  # warm-up: first run allocates
     latencies = []
@@ -43,10 +43,15 @@ def ort_pixels(session, pixels: np.ndarray, batch: int, key: str, what: str) -> 
             session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})
             latencies.append(time.perf_counter() - t)
         seconds = time.perf_counter() - start
-    return meter.fill(Row(key, what, len(pixels), seconds, latencies, note=f"batch {batch}"))
+    return meter.fill(Row(key, what, len(pixels), seconds, latencies, note=_setting(batch, threads),
+                          params={"batch": batch, "threads": threads}))
 
 
-def ort_files(session, encoded: list[bytes], batch: int, key: str, what: str) -> Row:
+def _setting(batch: int, threads: int) -> str:
+    return f"batch {batch}" + (f", {threads} ORT thread{'s' * (threads > 1)}" if threads else "")
+
+
+def ort_files(session, encoded: list[bytes], batch: int, key: str, what: str, threads: int = 0) -> Row:
     """Row 2 style: decode + letterbox (the server's imaging code) then session.run, per batch."""
     from training.preprocessing import imaging
 
@@ -61,7 +66,8 @@ def ort_files(session, encoded: list[bytes], batch: int, key: str, what: str) ->
             session.run([OUTPUT_NAME], {INPUT_NAME: pixels})
             latencies.append(time.perf_counter() - t)
         seconds = time.perf_counter() - start
-    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note=f"batch {batch}"))
+    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note=_setting(batch, threads),
+                          params={"batch": batch, "threads": threads}))
 
 
 # -- Keras, the original system's way ----------------------------------------------------------------
