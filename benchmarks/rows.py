@@ -198,21 +198,6 @@ def remove_block(text: str, key: str) -> str:
             return text[:start] + f"# {key} removed by benchmarks (variant)\n" + text[i:]
 
 
-@contextlib.contextmanager
-def triton(repository, extra_servers: int = 0):
-    """Start one (or 1 + extra_servers) tritonserver(s) on `repository`; yield the list."""
-    from server.launch import TritonServer
-
-    servers = []
-    try:
-        for _ in range(1 + extra_servers):
-            servers.append(TritonServer(repository, timeout=180).start())
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
 def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int, key: str,
                 what: str, warmup: list | None = None) -> tuple[Row, list[dict]]:
     """Rows 3-6: the bulk scorer's own code path (`score_folder` with a `Classifier`).
