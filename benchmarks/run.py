@@ -361,7 +361,7 @@ Every number below was measured in that one run.
 ## Setup
 
 - Model: `{model}` (FP32, {flops / 1e9:.3f} GFLOP per image counted from its Conv/Gemm/MatMul nodes); INT8: QDQ per-channel from `export/quantize.py` ({args.calibration_count} training images for calibration).
-- Images: the same {len(paths)} files for every row ({'folder ' + args.images if args.images else 'seeded draw of the test split'}); Keras row on the same files.
+- Images: the same {len(paths)} files for every row ({'folder ' + args.images if args.images else 'seeded draw of the test split'}), sent in {args.rounds} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {args.rounds} x {len(paths)}; the Keras row runs the same files once.
 - Latency is per request: one `session.run` / `predict` call for in-process rows, one `classify` call seen by the client for Triton rows.
 - "CPU ours %" = CPU seconds of this process + the Triton server(s) and their python stubs, over wall time x all cores.
 - Triton rows run the committed configs in a temporary copy of `model_repository/` with the model above; row 4 deletes every `dynamic_batching` block in that copy.
