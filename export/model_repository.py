@@ -26,7 +26,7 @@ ENSEMBLE_OUTPUT = "probabilities"
 #: Batch limit of classifier and ensembles; must not exceed the shared models' (preprocess: 64).
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (8, 16, 32)
-MAX_QUEUE_DELAY_US = 5000
+MAX_QUEUE_DELAY_US = 500
 #: Requests that may wait in the classifier's queue before new ones are refused with UNAVAILABLE:
 #: at the ~25 images/s the 2-core box sustains (load_tests/thresholds.toml), 64 is ~2.5 s of work.
 MAX_QUEUE_SIZE = 64
@@ -54,7 +54,7 @@ def classifier_config(name: str, *, max_batch_size: int = MAX_BATCH_SIZE,
                       preferred_batch_sizes=PREFERRED_BATCH_SIZES,
                       max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                       max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_us: int = QUEUE_TIMEOUT_US,
-                      instance_count: int = 1, intra_op_threads: int = 2,
+                      instance_count: int = 2, intra_op_threads: int = 1,
                       num_classes: int = len(CLASSES)) -> str:
     """config.pbtxt text of `<name>_classifier` (backend onnxruntime, `1/model.onnx`)."""
     _check_name(name)
@@ -79,12 +79,12 @@ output [
     label_filename: "labels.txt"
   }}
 ]
-# A CNN forward pass on CPU costs milliseconds per image, far more than batching overhead, and one
-# batched onnxruntime run uses the cores' SIMD better than single images; the batcher waits at most
-# {max_queue_delay_us / 1000:g} ms to fill {preferred}, small against a forward pass, and only when
-# fewer requests are queued than a preferred size. Chosen before the trained model existed (with the
-# random-weight dev model, which is too small to show the effect): re-measure with perf_analyzer on
-# the real export and pass the result to write_classifier_config.
+# Measured with the trained EfficientNet-Lite0 (`make bench`, BENCHMARKS.md): on this 2-core CPU
+# its in-process throughput is nearly flat in the batch size (depthwise layers are memory-bound),
+# so batching saves only the ~1-2 ms per-call overhead, while a 5 ms batcher delay cost 5.5 ms of
+# pure waiting per request at one request in flight (p50 34.6 -> 26.0 ms without it). Under load
+# batches still form from the queue alone; the delay is kept at {max_queue_delay_us / 1000:g} ms, only enough to
+# merge requests that arrive together, with preferred sizes {preferred}.
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
@@ -101,9 +101,10 @@ dynamic_batching {{
     allow_timeout_override: true
   }}
 }}
-# One instance whose onnxruntime uses both cores: once batches form, a second instance would only
-# compete with it and with preprocess for the same 2 cores (expected, not yet measured on the real
-# model; the preprocess instances were measured, see its config).
+# Two single-threaded instances, not one using both cores: measured (`make bench`, config V2)
+# 71.3 images/s end to end at 16 in flight against 38.5 for one 2-thread instance, because an
+# intra-op-parallel layer waits for its slowest thread and on a shared 2-core box one of the two
+# is often descheduled; two independent instances keep both cores busy.
 instance_group [
   {{
     count: {instance_count}

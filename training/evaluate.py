@@ -23,8 +23,34 @@ from training.plots import plot_confusion
 from training.preprocessing import imaging
 
 
-def predict(model_path: str | Path, paths: list[str], batch: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Probabilities for each file, plain and mirrored; files the server would reject are reported, not skipped silently."""
+def wide_dark_photo(data: bytes, seed: int) -> bytes:
+    """Re-stage a photo as users take them: the object on a dark table in a 16:9 landscape frame.
+
+    The object keeps its aspect ratio and fills 55-85% of the frame's height; the result is a JPEG,
+    so it goes through the server's whole decode + letterbox path like a real upload.
+    """
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = imaging.decode_image(data)
+    height = int(img.height / rng.uniform(0.55, 0.85))
+    width = height * 16 // 9
+    canvas = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(5, 45, size=3)))
+    left = int((width - img.width) / 2 + rng.uniform(-0.25, 0.25) * (width - img.width))
+    canvas.paste(img, (left, (height - img.height) // 2))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def predict(model_path: str | Path, paths: list[str], batch: int = 32,
+            wide: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities for each file, plain and mirrored; files the server would reject are reported, not skipped silently.
+
+    `wide=True` scores each photo re-staged by `wide_dark_photo` instead of as it is.
+    """
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     plain, flipped, errors = [], [], []
@@ -32,7 +58,10 @@ def predict(model_path: str | Path, paths: list[str], batch: int = 32) -> tuple[
         pixels = []
         for p in paths[start:start + batch]:
             try:
-                pixels.append(imaging.preprocess_bytes(Path(p).read_bytes()))
+                data = Path(p).read_bytes()
+                if wide:
+                    data = wide_dark_photo(data, seed=len(pixels) + start)
+                pixels.append(imaging.preprocess_bytes(data))
             except imaging.ImageDecodeError as err:
                 errors.append(f"{p}: {err}")
                 pixels.append(np.full((imaging.INPUT_SIZE, imaging.INPUT_SIZE, 3), imaging.PAD_VALUE, np.uint8))
@@ -79,12 +108,12 @@ def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def evaluate(model_path: str | Path, items: list[tuple[str, int]], out_dir: str | Path | None = None,
-             title: str = "") -> dict:
+             title: str = "", wide: bool = False) -> dict:
     """Evaluate plain and TTA; return {"plain": {...}, "tta": {...}, "errors": [...]} and write files to `out_dir`."""
     paths = [p for p, _ in items]
     labels = np.array([label for _, label in items])
-    plain, flipped, errors = predict(model_path, paths)
-    result = {"model": str(model_path), "plain": metrics(plain, labels),
+    plain, flipped, errors = predict(model_path, paths, wide=wide)
+    result = {"model": str(model_path), "staging": "wide_dark_16x9" if wide else "as_is", "plain": metrics(plain, labels),
               "tta": metrics((plain + flipped) / 2, labels), "errors": errors}
     if out_dir:
         out = Path(out_dir)
@@ -113,9 +142,11 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit-per-class", type=int, default=0)
     parser.add_argument("--out", help="directory for metrics.json and confusion matrices")
+    parser.add_argument("--wide", action="store_true",
+                        help="re-stage every photo on a dark 16:9 frame first (robustness to how users shoot)")
     args = parser.parse_args(argv)
     items = load_split(args.manifest, args.data_dir, args.limit_per_class)[args.split]
-    result = evaluate(args.model, items, args.out, title=Path(args.model).parent.parent.name)
+    result = evaluate(args.model, items, args.out, title=Path(args.model).parent.parent.name, wide=args.wide)
     print(summary_table(result))
     for err in result["errors"]:
         print("error:", err)
