@@ -143,3 +143,27 @@ def test_large_jpeg_uses_draft_mode():
     img = imaging.decode_image(big, draft_size=224)
     assert img.size == (500, 375)  # 1/8 DCT scale: both sides still >= 224
     assert imaging.decode_image(big).size == (4000, 3000)
+
+
+def test_trim_background_zooms_onto_an_object_on_a_dark_16x9_table():
+    frame = Image.new("RGB", (1600, 900), (22, 24, 20))
+    rng = np.random.default_rng(0)
+    obj = Image.fromarray(rng.integers(120, 255, (300, 200, 3), dtype=np.uint8))
+    frame.paste(obj, (700, 300))
+    data = encode(frame, "JPEG")
+    out = imaging.preprocess_bytes(data)
+    # Rows crossing the (textured) object: it now fills the letterbox's height instead of a third
+    # of a 16:9 band.
+    def object_rows(pixels):
+        return int((pixels.std(axis=(1, 2)) > 30).sum())
+
+    assert object_rows(out) > 0.8 * imaging.INPUT_SIZE
+    assert object_rows(imaging.letterbox(imaging.decode_image(data))) < 0.3 * imaging.INPUT_SIZE
+
+
+def test_trim_background_leaves_a_scene_that_reaches_the_edges_alone():
+    rng = np.random.default_rng(1)
+    scene = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    assert imaging.trim_background(scene) is scene
+    blank = Image.new("RGB", (640, 480), (30, 30, 30))
+    assert imaging.trim_background(blank) is blank

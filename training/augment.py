@@ -52,4 +52,5 @@ def load_view(path: str, size: int, rng: np.random.Generator | None, canvas_prob
     img = imaging.decode_image(data)
     if rng is not None and rng.random() < canvas_prob:
         img = wide_canvas(img, rng)
-    return imaging.letterbox(img, size)
+    # The server trims a uniform frame before its letterbox (imaging.preprocess_bytes); so must training.
+    return imaging.letterbox(imaging.trim_background(img), size)
