@@ -50,10 +50,10 @@ evaluate: setup
 	$(PY) -m training evaluate model_repository/$(NAME)_classifier/1/model.onnx --out $(RUN)/eval
 
 bench: setup
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(if $(MODEL),--model $(MODEL))
 
 loadtest: setup
-	$(PY) -m load_tests.run
+	$(PY) -m load_tests.run --users $(or $(USERS),8) --duration $(or $(DURATION),30s) $(if $(URL),--url $(URL)) $(if $(HTTP_URL),--http-url $(HTTP_URL)) $(if $(SCENARIO),--scenario $(SCENARIO))
 
 app: setup
 	$(PY) -m app.run $(if $(URL),--server-url $(URL)) $(if $(DEV),--dev)

@@ -46,8 +46,8 @@ def parse_duration(text: str) -> float:
 
 def bounded_queue(text: str, size: int = OVERLOAD_QUEUE) -> str:
     """Add `default_queue_policy { max_queue_size }` to a config's dynamic_batching block."""
-    if "dynamic_batching {" not in text:
-        return text
+    if "dynamic_batching {" not in text or "default_queue_policy" in text:
+        return text  # the committed configs already bound their queues (RELIABILITY.md)
     return text.replace("dynamic_batching {", "dynamic_batching {\n  # overload scenario: shed load"
                         f" once {size} requests wait\n  default_queue_policy {{ max_queue_size: {size} }}", 1)
 
