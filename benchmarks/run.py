@@ -360,7 +360,7 @@ Every number below was measured in that one run.
 
 ## Setup
 
-- Model: `{model}` (FP32, {flops / 1e9:.3f} GFLOP per image counted from its Conv/Gemm/MatMul nodes); INT8: QDQ per-channel from `export/quantize.py` ({args.calibration_count} training images for calibration).
+- Model: `{_shown(model)}` (FP32, {flops / 1e9:.3f} GFLOP per image counted from its Conv/Gemm/MatMul nodes); INT8: QDQ per-channel from `export/quantize.py` ({args.calibration_count} training images for calibration).
 - Images: the same {len(paths)} files for every row ({'folder ' + args.images if args.images else 'seeded draw of the test split'}), sent in {args.rounds} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {args.rounds} x {len(paths)}; the Keras row runs the same files once.
 - Latency is per request: one `session.run` / `predict` call for in-process rows, one `classify` call seen by the client for Triton rows.
 - "CPU ours %" = CPU seconds of this process + the Triton server(s) and their python stubs, over wall time x all cores.
@@ -408,3 +408,12 @@ owned by `export/model_repository.py` and `model_repository/preprocess/config.pb
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _shown(path) -> str:
+    """A path as the report shows it: relative to the repository when inside it, never machine-specific."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name

@@ -71,6 +71,15 @@ def predict(model_path: str | Path, paths: list[str], batch: int = 32,
     return np.concatenate(plain), np.concatenate(flipped), errors
 
 
+def _shown(path) -> str:
+    """The model path as recorded: relative to the working directory when inside it (no machine paths in reports)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     conf, pred = probs.max(1), probs.argmax(1)
     edges = np.linspace(0, 1, bins + 1)
@@ -113,7 +122,7 @@ def evaluate(model_path: str | Path, items: list[tuple[str, int]], out_dir: str 
     paths = [p for p, _ in items]
     labels = np.array([label for _, label in items])
     plain, flipped, errors = predict(model_path, paths, wide=wide)
-    result = {"model": str(model_path), "staging": "wide_dark_16x9" if wide else "as_is", "plain": metrics(plain, labels),
+    result = {"model": _shown(model_path), "staging": "wide_dark_16x9" if wide else "as_is", "plain": metrics(plain, labels),
               "tta": metrics((plain + flipped) / 2, labels), "errors": errors}
     if out_dir:
         out = Path(out_dir)

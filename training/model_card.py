@@ -17,19 +17,24 @@ def _latest_export(repo: Path, model: str) -> dict | None:
     return json.loads(versions[-1].read_text()) if versions else None
 
 
-def _rows(name: str, record: dict, label: str) -> list[str]:
+def _rows(name: str, result: dict, version: int, label: str) -> list[str]:
     rows = []
     for variant in ("plain", "tta"):
-        m = record["test"][variant]
+        m = result[variant]
         rows.append(f"| {label}, {'TTA (mirror)' if variant == 'tta' else 'plain'} | {m['accuracy']:.4f} | "
-                    f"{m['weighted_f1']:.4f} | {m['macro_f1']:.4f} | {m['min_recall']:.3f} | {m['ece']:.4f} | "
-                    f"`{name}{'_tta' if variant == 'tta' else ''}` v{record['version']} |")
+                    f"{m['weighted_f1']:.4f} | {m['macro_f1']:.4f} | {m['min_recall']:.3f} ({m['min_recall_class']}) | "
+                    f"{m['ece']:.4f} | `{name}{'_tta' if variant == 'tta' else ''}` v{version} |")
     return rows
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 #: What of a run is worth keeping in git beside the card: small text and the plots.
 KEPT = ("config.json", "summary.json", "history.csv", "training_curves.png", "eval_fp32/metrics.json",
-        "eval_fp32/confusion_plain.png", "eval_fp32/confusion_tta.png", "eval_int8/metrics.json")
+        "eval_fp32/confusion_plain.png", "eval_fp32/confusion_tta.png", "eval_int8/metrics.json",
+        "eval_wide/metrics.json", "eval_wide/confusion_plain.png", "eval_int8_wide/metrics.json")
 
 
 def keep_run_files(run_dir: Path, dest: Path) -> None:
@@ -47,16 +52,24 @@ def render(run_dir: Path, name: str, repo: Path, kept: Path) -> str:
     fp32 = _latest_export(repo, f"{name}_classifier")
     int8 = _latest_export(repo, f"{name}_int8_classifier")
     metrics = json.loads((run_dir / "eval_fp32" / "metrics.json").read_text())
+    wide = _load(run_dir / "eval_wide" / "metrics.json")
+    int8_metrics = _load(run_dir / "eval_int8" / "metrics.json")
+    int8_wide = _load(run_dir / "eval_int8_wide" / "metrics.json")
     audit = Path("training/splits/garbage12_audit.md").read_text()
     split = Path("training/splits/garbage12_seed42.md").read_text()
     table = ["| model | accuracy | weighted F1 | macro F1 | min class recall | ECE | served as |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for label, acc, wf1, _ in ORIGINAL:
         table.append(f"| {label} | {acc:.3f} | {wf1:.2f} | - | - | - | (their split, duplicates not removed) |")
-    if fp32:
-        table += _rows(name, fp32, "EfficientNet-Lite0 FP32")
-    if int8:
-        table += _rows(f"{name}_int8", int8, "EfficientNet-Lite0 INT8")
+    table += _rows(name, metrics, fp32["version"] if fp32 else 1, "EfficientNet-Lite0 FP32")
+    if int8_metrics:
+        table += _rows(f"{name}_int8", int8_metrics, int8["version"] if int8 else 1, "EfficientNet-Lite0 INT8")
+    wide_table = ["| model | accuracy | weighted F1 | macro F1 | min class recall | ECE | served as |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+    if wide:
+        wide_table += _rows(name, wide, fp32["version"] if fp32 else 1, "EfficientNet-Lite0 FP32")
+    if int8_wide:
+        wide_table += _rows(f"{name}_int8", int8_wide, int8["version"] if int8 else 1, "EfficientNet-Lite0 INT8")
     per_class = ["| class | precision | recall | F1 | test images |", "|---|---:|---:|---:|---:|"]
     for cls, m in metrics["plain"]["per_class"].items():
         per_class.append(f"| {cls} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
@@ -71,16 +84,33 @@ the source run, the test metrics, the Keras/ONNX parity and the file's sha256.
 ## Test metrics
 
 Held-out test split of garbage12 ({metrics['plain']['images']} photos), scored through the exported ONNX file
-with the server's preprocessing (`model_repository/preprocess/1/imaging.py`: decode, letterbox to
-224 with grey bands). Command: `python -m export {run_dir} --name {name} --int8` (which runs
-`training/evaluate.py`); re-check with
-`python -m training evaluate model_repository/{name}_classifier/<version>/model.onnx`.
+with the server's preprocessing (`model_repository/preprocess/1/imaging.py`: decode, trim a
+uniform frame, letterbox to 224 with grey bands). Command:
+`python -m training evaluate model_repository/{name}_classifier/1/model.onnx --out {run_dir}/eval_fp32`
+(and `..._int8_classifier/...` for INT8); `python -m export {run_dir} --name {name} --int8` ran the
+same evaluation at export time, before the frame trimming existed, and recorded it in `export.json`.
 
 {chr(10).join(table)}
 
 The original rows are the original system's published numbers on its own random 10% split, where
 copies of a test photo could sit in training; our split keeps every duplicate group on one side,
-which is harder. Targets: accuracy >= 0.97, macro F1 >= 0.96, no class recall under 0.90.
+which is harder. Targets: accuracy >= 0.97 ({"met" if metrics["plain"]["accuracy"] >= 0.97 else "missed"}), macro F1 >= 0.96
+({"met" if metrics["plain"]["macro_f1"] >= 0.96 else "missed"}), no class recall under 0.90 ({"met" if metrics["plain"]["min_recall"] >= 0.90 else
+"missed: " + metrics["plain"]["min_recall_class"] + f" {metrics['plain']['min_recall']:.3f}"}).
+
+### Photos taken the way users take them
+
+The test split is square crops, mostly on light backgrounds. Users photograph one object on a
+table, often in landscape. `python -m training evaluate MODEL --wide` re-stages every test photo
+on a dark 16:9 frame (the object at 55-85% of the frame's height, a random dark colour, JPEG) and
+sends it through the same server preprocessing:
+
+{chr(10).join(wide_table)}
+
+The server's preprocessing trims a uniform frame around a single object before the letterbox
+(`trim_background` in `imaging.py`): on this re-staged set it took FP32 accuracy from 0.925 to
+0.969, while the photos as they are moved from 0.9781 to 0.9775 (measured with the same model).
+Only a synthetic staging is measured here; no real photos from outside the dataset were available.
 
 Per class (FP32, plain):
 
