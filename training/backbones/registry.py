@@ -62,8 +62,8 @@ def _keras_app(app_name: str):
             except Exception as err:  # download refused, no cache, bad file
                 raise WeightsUnavailableError(
                     f"no ImageNet weights for {app_name}: Keras could not download or find them in its cache "
-                    f"({type(err).__name__}: {err}). Pass a weights file with --weights PATH, "
-                    f"or --weights random to train from scratch on purpose."
+                    f"({type(err).__name__}: {err}). Give a weights file (weights=PATH on the training command "
+                    f"line or in its config), or weights=random to train from scratch on purpose."
                 ) from err
         return keras.Model(inputs, base.output, name=app_name.lower())
 
