@@ -179,8 +179,17 @@ def test_sigkill_then_resume_loses_nothing(dev_server, tmp_path):
     assert len(counts) == 120 and set(counts.values()) == {1}
 
 
-def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path):
-    """Stop the server under a running job and start it again on the same ports: the job waits."""
+def _kill_process_group(server) -> None:
+    """SIGKILL the whole session (tritonserver and its python stubs): no graceful shutdown at all."""
+    process = server._process
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("halt", ["stop", "sigkill"])
+def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path, halt):
+    """Halt the server under a running job (graceful stop, or SIGKILL of its process group) and start
+    a new one on the same ports: the job waits, then completes with every path exactly once."""
     from server.launch import TritonServer
 
     root = tmp_path / "many"
@@ -199,6 +208,8 @@ def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path):
         try:
             while not out.exists() or len(read_results(str(out))) < 5:
                 time.sleep(0.05)
+            if halt == "sigkill":
+                _kill_process_group(first)
             first.stop()
             second = TritonServer(dev_server.model_repository, **ports).start()
             job.join(timeout=120)
