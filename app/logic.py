@@ -23,6 +23,12 @@ DEFAULT_MODEL = "effnet_lite0"
 #: Below this top probability the app asks instead of answering. 0.5 means "more likely this than
 #: everything else together", the plainest line a person can be told; the sidebar moves it.
 DEFAULT_THRESHOLD = 0.5
+#: Per uploaded file, in MB (Streamlit's unit, MiB): the server refuses an image over 32 MiB
+#: (`imaging.MAX_BYTES`) anyway, so a larger upload would only cost memory on both sides.
+DEFAULT_MAX_UPLOAD_MB = 32
+#: Images classified in one run: each costs a request plus a thumbnail held in the page, and a run
+#: of a few hundred would keep one session busy for minutes on a small server.
+DEFAULT_MAX_FILES = 50
 CLASSIFIER_SUFFIX = "_classifier"
 TTA_SUFFIX = "_tta"
 HOW_TO_START = (
@@ -46,6 +52,10 @@ class Settings:
         Top score under which the answer is worded as a question.
     bins_path : Path
         The disposal data file.
+    max_upload_mb : int
+        Largest file the uploader accepts, in MB (also Streamlit's ``server.maxUploadSize``).
+    max_files : int
+        Most images classified in one run; the page refuses the rest with a message.
     """
 
     server_url: str = DEFAULT_URL
@@ -53,6 +63,8 @@ class Settings:
     model: str = DEFAULT_MODEL
     threshold: float = DEFAULT_THRESHOLD
     bins_path: Path = DEFAULT_BINS
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    max_files: int = DEFAULT_MAX_FILES
 
 
 def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.environ) -> Settings:
@@ -73,7 +85,8 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
     Raises
     ------
     ValueError
-        A threshold that is not a number in [0, 1].
+        A threshold that is not a number in [0, 1], or a size or count limit that is not a
+        positive integer.
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--server-url", default=environ.get("WASTE_SERVER_URL", DEFAULT_URL))
@@ -82,7 +95,16 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
     parser.add_argument("--model", default=environ.get("WASTE_MODEL", DEFAULT_MODEL))
     parser.add_argument("--threshold", default=environ.get("WASTE_THRESHOLD", str(DEFAULT_THRESHOLD)))
     parser.add_argument("--bins", default=environ.get("WASTE_BINS", str(DEFAULT_BINS)))
+    parser.add_argument("--max-upload-mb",
+                        default=environ.get("WASTE_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB)))
+    parser.add_argument("--max-files", default=environ.get("WASTE_MAX_FILES", str(DEFAULT_MAX_FILES)))
     args, _ = parser.parse_known_args(list(argv))
+    limits = {}
+    for name, variable in (("max_upload_mb", "WASTE_MAX_UPLOAD_MB"), ("max_files", "WASTE_MAX_FILES")):
+        value = getattr(args, name)
+        if not str(value).strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{variable} must be a positive whole number, not {value!r}")
+        limits[name] = int(value)
     threshold = float(args.threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], not {threshold}")
@@ -91,7 +113,23 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
     for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):
             url = url[len(scheme):]
-    return Settings(url.rstrip("/"), args.protocol, args.model, threshold, Path(args.bins))
+    return Settings(url.rstrip("/"), args.protocol, args.model, threshold, Path(args.bins), **limits)
+
+
+def limit_files(images: Sequence, max_files: int) -> tuple[list, str]:
+    """The first ``max_files`` images, and a message naming the ones refused ("" when none).
+
+    Refused files are said, never dropped in silence: a person who uploads 60 photos must learn
+    that 10 were not classified, and which.
+    """
+    kept, refused = list(images[:max_files]), images[max_files:]
+    if not refused:
+        return kept, ""
+    names = [str(item[0]) for item in refused]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return kept, (f"{len(images)} images given, but at most {max_files} are classified per run: "
+                  f"the first {max_files} are below; {len(refused)} not classified ({shown}). "
+                  "Remove some and upload the rest in another run.")
 
 
 # -- disposal data -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from app.logic import (
     Settings,
     describe_error,
     disposal_for,
+    limit_files,
     load_bins,
     model_choices,
     result_row,
@@ -40,7 +41,8 @@ def main(argv=()) -> None:
     try:
         settings = load_settings(argv)
     except ValueError as exc:
-        st.error(f"Bad setting: {exc}. Check WASTE_THRESHOLD / --threshold.")
+        st.error(f"Bad setting: {exc}. Check the WASTE_* variables / options (WASTE_THRESHOLD is "
+                 "a number in [0, 1]).")
         return
     try:
         with Service(settings.server_url, settings.protocol) as service:
@@ -90,10 +92,13 @@ def _page(settings: Settings, service: Service) -> None:
     model, version = served_model(choice, tta)
     sidebar.caption(f"Asking `{model}`" + (f" v{version}" if version else ""))
 
-    images = _inputs()
+    images, refusal = limit_files(_inputs(settings.max_upload_mb), settings.max_files)
     if not images:
-        st.info("Upload one or more photos of a single item each, or take one with the camera.")
+        st.info("Upload one or more photos of a single item each, or take one with the camera "
+                f"(at most {settings.max_files} per run, {settings.max_upload_mb} MB each).")
         return
+    if refusal:
+        st.error(refusal)
 
     outcomes = [(name, data, *_classify(service, data, model, version)) for name, data in images]
     if len(outcomes) == 1:
@@ -115,8 +120,9 @@ def _page(settings: Settings, service: Service) -> None:
     _detail(service, settings, name, data, prediction, error, model, threshold, bins, show_heatmap)
 
 
-def _inputs() -> List[Tuple[str, bytes]]:
-    uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True, key="photos")
+def _inputs(max_upload_mb: int) -> List[Tuple[str, bytes]]:
+    uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True, key="photos",
+                               max_upload_size=max_upload_mb)
     images = [(u.name, u.getvalue()) for u in uploads or []]
     # The camera widget asks the browser for permission as soon as it is drawn: only on request.
     if st.toggle("Use the camera", key="camera"):

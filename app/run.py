@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.logic import DEFAULT_MODEL, DEFAULT_URL
+from app.logic import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL, DEFAULT_URL, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "app" / "streamlit_app.py"
@@ -29,11 +29,14 @@ SHARED_MODELS = ("preprocess", "tta_flip", "tta_mean")
 
 
 def streamlit_command(server_url: str, model: str, *, port: int = 8501, address: str = "127.0.0.1",
-                      protocol: str = "http", python: str = sys.executable) -> list[str]:
+                      protocol: str = "http", python: str = sys.executable,
+                      max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB) -> list[str]:
     """The `streamlit run` command line (public so the Dockerfile and the tests use the same flags)."""
     return [
         python, "-m", "streamlit", "run", str(SCRIPT),
         f"--server.address={address}", f"--server.port={port}", "--server.headless=true",
+        # Streamlit's own cap (200 MB by default) for every uploader; the page sets the same one.
+        f"--server.maxUploadSize={max_upload_mb}",
         # The page reports every failure itself; a traceback is never what a person should see.
         "--client.showErrorDetails=false", "--client.toolbarMode=viewer",
         "--browser.gatherUsageStats=false",
@@ -77,6 +80,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dev", action="store_true",
                         help="start the local server on a random-weight `dev` model")
     args = parser.parse_args(argv)
+    try:
+        max_upload_mb = load_settings([]).max_upload_mb
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     url = args.server_url
     model = args.model or os.environ.get("WASTE_MODEL") or ("dev" if args.dev else DEFAULT_MODEL)
@@ -107,7 +115,7 @@ def main(argv=None) -> int:
             print(f"server ready at {url} (log: {server.log_path()})", flush=True)
 
     command = streamlit_command(url, model, port=args.port, address=args.address,
-                                protocol=args.protocol)
+                                protocol=args.protocol, max_upload_mb=max_upload_mb)
     print(f"app: http://{args.address}:{args.port}  (server {url}, model {model}); Ctrl-C to stop",
           flush=True)
     app = subprocess.Popen(command, cwd=ROOT)

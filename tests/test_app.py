@@ -17,6 +17,7 @@ from app import heatmap
 from app.logic import (
     Settings,
     describe_error,
+    limit_files,
     load_bins,
     load_settings,
     model_choices,
@@ -27,6 +28,7 @@ from app.logic import (
     thumbnail_data_url,
     verdict,
 )
+from app.run import streamlit_command
 from waste_client import Classifier, ClassifierError, ModelInfo, Prediction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,29 @@ def test_settings_env_then_command_line():
     assert (s.server_url, s.protocol, s.model, s.threshold) == ("x:2", "grpc", "m", 0.9)
     with pytest.raises(ValueError):
         load_settings(["--threshold", "1.5"], {})
+
+
+def test_upload_limits_are_settings():
+    default = load_settings([], {})
+    assert (default.max_upload_mb, default.max_files) == (32, 50)
+    s = load_settings(["--max-files", "7"], {"WASTE_MAX_UPLOAD_MB": "5", "WASTE_MAX_FILES": "3"})
+    assert (s.max_upload_mb, s.max_files) == (5, 7)
+    for bad in ("0", "-1", "2.5", "many"):
+        with pytest.raises(ValueError, match="WASTE_MAX_FILES"):
+            load_settings([], {"WASTE_MAX_FILES": bad})
+        with pytest.raises(ValueError, match="WASTE_MAX_UPLOAD_MB"):
+            load_settings([], {"WASTE_MAX_UPLOAD_MB": bad})
+    assert "--server.maxUploadSize=5" in streamlit_command("h:1", "m", max_upload_mb=5)
+    assert "--server.maxUploadSize=32" in streamlit_command("h:1", "m")
+
+
+def test_extra_files_are_refused_by_name_not_dropped():
+    images = [(f"{i}.jpg", b"") for i in range(9)]
+    assert limit_files(images[:3], 3) == (images[:3], "")
+    kept, message = limit_files(images, 2)
+    assert kept == images[:2]
+    assert message.startswith("9 images given, but at most 2 are classified per run")
+    assert "7 not classified (2.jpg, 3.jpg, 4.jpg, 5.jpg, 6.jpg and 2 more)" in message
 
 
 def test_every_class_has_disposal_advice_and_battery_is_hazardous():
@@ -212,6 +237,21 @@ def test_several_images_give_a_table_and_csv(monkeypatch, dev_server):
     assert "This file could not be classified" in rows[1]
     assert len(at.get("download_button")) == 1
     assert at.subheader[-1].value == "battery142.jpg"   # details of the first image by default
+
+
+def test_more_files_than_the_limit_classifies_the_first_and_names_the_rest(monkeypatch, dev_server):
+    at = run_app(monkeypatch, dev_server.http_url, WASTE_MAX_FILES="2", WASTE_MAX_UPLOAD_MB="4")
+    assert at.file_uploader[0].proto.max_upload_size_mb == 4
+    papers = sorted(SAMPLES.glob("paper/*.jpg"))[:2]
+    files = [(p.name, p.read_bytes(), "image/jpeg") for p in [BATTERY, *papers]]
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception
+    (message,) = texts(at.error)
+    assert message.startswith("3 images given, but at most 2 are classified per run")
+    assert f"1 not classified ({papers[1].name})" in message
+    (table,) = [m.value for m in at.markdown if m.value.startswith("<table")]
+    assert [r.split("<td>")[2].split("<")[0] for r in table.split("<tr>")[2:]] == [
+        BATTERY.name, papers[0].name]
 
 
 def test_missing_model_is_said_and_another_used(monkeypatch, dev_server):
