@@ -9,7 +9,9 @@ Without --url / --http-url it starts tritonserver itself on a temporary copy of 
 (`--onnx` replaces the classifier's model file there, e.g. a stand-in before the trained model
 lands); in the `overload` scenario that copy gets bounded queues so the server sheds load with
 UNAVAILABLE. The report directory receives Locust's `locust_*.csv`, `report.html`,
-`thresholds.json` (every check with its measured value and bound) and `summary.txt`.
+`thresholds.json` (every check with its measured value and bound) and `summary.txt`. When the
+scenario has `max_recovery_s` (overload), the runner also times, from Locust's exit, how long until
+one plain classify answers within `RECOVERED_LATENCY_S`, and adds that as a check.
 Exit status: 0 all thresholds met, 1 one failed, 2 the run itself could not happen.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load_tests.thresholds import load_thresholds
+from load_tests.thresholds import RECOVERED_LATENCY_S, add_recovery, load_thresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -91,11 +93,35 @@ def locust_command(args, grpc_url: str, http_url: str, report: Path) -> list[str
     return command + users
 
 
+def measure_recovery(grpc_url: str, http_url: str, model: str, images: str, give_up_s: float):
+    """Seconds from now until one plain classify answers within RECOVERED_LATENCY_S (None: never).
+
+    Each try is a single request without retries, so a slow or refused answer costs one try, not
+    the client's backoff; tries repeat every 0.1 s until ``give_up_s``.
+    """
+    from waste_client import Classifier, ClassifierError
+
+    image = next(p for p in sorted(Path(images).rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    url, protocol = (grpc_url, "grpc") if grpc_url else (http_url, "http")
+    start = time.perf_counter()
+    with Classifier(url, protocol=protocol, model=model, timeout=RECOVERED_LATENCY_S, retries=0) as clf:
+        while time.perf_counter() - start < give_up_s:
+            sent = time.perf_counter()
+            try:
+                clf.classify(image)
+                if time.perf_counter() - sent <= RECOVERED_LATENCY_S:
+                    return round(time.perf_counter() - start, 3)
+            except ClassifierError:
+                pass
+            time.sleep(0.1)
+    return None
+
+
 def run(args) -> int:
     report = Path(args.report_dir or REPO_ROOT / "runs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S"))
     report.mkdir(parents=True, exist_ok=True)
     # Read the thresholds before any server starts: a typo should cost nothing.
-    load_thresholds(args.thresholds, args.scenario, args.set)
+    thresholds = load_thresholds(args.thresholds, args.scenario, args.set)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     server = own_server(args) if not (args.url or args.http_url) else contextlib.nullcontext((args.url, args.http_url))
     with server as (grpc_url, http_url):
@@ -103,6 +129,11 @@ def run(args) -> int:
         with open(report / "locust.log", "w") as log:
             code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
                                    timeout=args.duration + 120)
+        recovery_s = None
+        if "max_recovery_s" in thresholds:
+            # Timed from Locust's exit: its users are gone, the server may still drain its queues.
+            recovery_s = measure_recovery(grpc_url, http_url, args.model, args.images,
+                                          give_up_s=max(30.0, 2 * thresholds["max_recovery_s"]))
     result_file = report / "thresholds.json"
     if not result_file.is_file():
         print(f"error: locust exited with {code} without checking thresholds; see {report / 'locust.log'}",
@@ -110,6 +141,9 @@ def run(args) -> int:
         print((report / "locust.log").read_text()[-3000:], file=sys.stderr)
         return 2
     result = json.loads(result_file.read_text())
+    if "max_recovery_s" in thresholds:
+        result = add_recovery(result, recovery_s, thresholds)
+        result_file.write_text(json.dumps(result, indent=2))
     summary = "\n".join([
         f"scenario {args.scenario}: {args.users} users, {args.duration:.0f} s, protocols {','.join(args.protocols)}, "
         f"model {args.model} (plain:tta = {args.plain_weight}:{args.tta_weight})",

@@ -13,9 +13,13 @@ KEYS = {
     "min_rps": float,  # floor on completed requests per second (failures excluded)
     "allow_overload_rejections": bool,  # UNAVAILABLE (queue full) counts as expected, not as an error
     "max_overload_fraction": float,  # ... but at most this share of all requests
+    "max_recovery_s": float,  # after Locust stops: seconds until one plain request answers quickly
 }
 DEFAULTS = {"max_errors": 0, "allow_overload_rejections": False, "max_overload_fraction": 1.0}
 OVERLOAD = "OverloadRejected"
+#: "Quickly" for the recovery check: one plain classify, end to end, like an idle server's few
+#: hundred ms with room for the shared 2-core box.
+RECOVERED_LATENCY_S = 2.0
 
 
 def load_thresholds(path, scenario: str = "default", overrides=()) -> dict:
@@ -88,12 +92,25 @@ def check(stats, thresholds: dict) -> dict:
         add("p95 latency ms", p95, f"<= {thresholds['p95_ms']}", p95 is not None and p95 <= thresholds["p95_ms"])
     if "min_rps" in thresholds:
         add("successful requests/s", round(ok_rps, 2), f">= {thresholds['min_rps']}", ok_rps >= thresholds["min_rps"])
+    totals = {"requests": requests, "failures": total.num_failures, "overload_rejections": overload,
+              "other_failures": other, "seconds": round(duration, 2), "ok_rps": round(ok_rps, 2), "p95_ms": p95}
+    return _verdict(checks, thresholds["source"], {"totals": totals})
+
+
+def add_recovery(result: dict, recovery_s, thresholds: dict) -> dict:
+    """``result`` of `check` with the recovery check added (``recovery_s`` None: never recovered)."""
+    bound = thresholds["max_recovery_s"]
+    check_ = {"name": f"recovery after the load stops s (first request under {RECOVERED_LATENCY_S} s)",
+              "measured": recovery_s, "bound": f"<= {bound}",
+              "passed": recovery_s is not None and recovery_s <= bound}
+    extra = {k: v for k, v in result.items() if k not in ("passed", "checks", "lines")}
+    return _verdict([*result["checks"], check_], thresholds["source"], extra)
+
+
+def _verdict(checks: list, source: str, extra: dict) -> dict:
     passed = all(c["passed"] for c in checks)
-    lines = [f"thresholds from {thresholds['source']}:"]
+    lines = [f"thresholds from {source}:"]
     lines += [f"  {'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['measured']} (bound {c['bound']})"
               for c in checks]
     lines.append(f"load test {'PASSED' if passed else 'FAILED'}")
-    return {"passed": passed, "checks": checks, "lines": lines,
-            "totals": {"requests": requests, "failures": total.num_failures, "overload_rejections": overload,
-                       "other_failures": other, "seconds": round(duration, 2), "ok_rps": round(ok_rps, 2),
-                       "p95_ms": p95}}
+    return {"passed": passed, "checks": checks, "lines": lines, **extra}

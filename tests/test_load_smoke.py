@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from load_tests import run as loadtest
-from load_tests.thresholds import check, load_thresholds
+from load_tests.thresholds import add_recovery, check, load_thresholds
 
 
 def test_smoke_run_passes_and_writes_reports(dev_server, tmp_path):
@@ -61,3 +61,19 @@ def test_other_errors_fail_even_in_overload_scenario():
     thresholds = load_thresholds(loadtest.THRESHOLDS, "overload")
     stats = _stats(100, 1, [("RequestFailed('INVALID_ARG: not a recognised image')", 1)])
     assert check(stats, thresholds)["passed"] is False
+
+
+def test_recovery_is_checked_only_where_the_scenario_bounds_it(dev_server):
+    overload = load_thresholds(loadtest.THRESHOLDS, "overload")
+    assert "max_recovery_s" in overload and "max_recovery_s" not in load_thresholds(loadtest.THRESHOLDS, "smoke")
+    base = check(_stats(100, 0, []), overload)
+    for measured, passed in ((0.4, True), (overload["max_recovery_s"] + 1, False), (None, False)):
+        result = add_recovery(base, measured, overload)
+        assert result["passed"] is passed and result["checks"][-1]["measured"] == measured
+        assert result["totals"] == base["totals"] and result["lines"][-2].startswith(
+            f"  {'PASS' if passed else 'FAIL'}  recovery after the load stops s")
+    # An idle server has recovered at once; nothing answering never has.
+    assert loadtest.measure_recovery(dev_server.grpc_url, "", "dev", loadtest.REPO_ROOT / "samples" / "garbage12",
+                                     give_up_s=10) < 2
+    assert loadtest.measure_recovery("", "127.0.0.1:1", "dev", loadtest.REPO_ROOT / "samples" / "garbage12",
+                                     give_up_s=1) is None
