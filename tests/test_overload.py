@@ -1,7 +1,7 @@
 """Issue 6 overload: far more clients than the dev server can serve (bounded queues).
 
 Closed-loop asyncio clients over gRPC and HTTP keep 120 requests in flight (4 already saturate the
-server), more than its queues hold (max_queue_size 64 in every config). Checked: the only failures are UNAVAILABLE queue
+server), far more than its queues hold (the committed max_queue_size 64 lowered to 8 in a copy). Checked: the only failures are UNAVAILABLE queue
 rejections (which waste_client treats as transient), accepted requests' p99 stays bounded by the
 queue timeout, a bulk scorer running through the overload finishes without error rows, and the
 server answers a request quickly once the load stops. The numbers go to RELIABILITY.md (`-s`).
@@ -15,12 +15,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from server.launch import TritonServer
 from waste_client import Classifier
 from waste_client._errors import to_classifier_error
 from waste_client._results import read_results
@@ -79,7 +81,25 @@ async def _closed_loop(server, workers: dict[str, int], seconds: float, images: 
     return records
 
 
-def test_overload_sheds_with_unavailable_and_recovers(dev_server, tmp_path):
+@pytest.fixture(scope="module")
+def small_queue_server(dev_server, tmp_path_factory):
+    """The dev repository with every queue bounded at 8 instead of 64.
+
+    The load generator shares the server's two cores, so 120 Python clients cannot always fill
+    queues of 64 (a fresh CI run offered only the sustainable rate and nothing was refused);
+    with 8 the same load is an overload on any machine, and the mechanism under test is the same.
+    """
+    repo = tmp_path_factory.mktemp("small_queue_repository")
+    shutil.copytree(dev_server.model_repository, repo, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for config in repo.glob("*/config.pbtxt"):
+        config.write_text(config.read_text().replace("max_queue_size: 64", "max_queue_size: 8"))
+    with TritonServer(repo) as server:
+        yield server
+
+
+def test_overload_sheds_with_unavailable_and_recovers(small_queue_server, tmp_path):
+    dev_server = small_queue_server
     images = [photo_1080p(seed) for seed in range(4)]
     baseline = asyncio.run(_closed_loop(dev_server, {"grpc": 4}, BASELINE_S, images))
     assert all(exc is None for _, _, exc in baseline)
