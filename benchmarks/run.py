@@ -28,7 +28,14 @@ from benchmarks import rows as R
 from benchmarks.measure import Row, interleaved, machine_description
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "model_repository" / "effnet_lite0_classifier" / "1" / "model.onnx"
+def latest_version(model_dir: Path) -> Path:
+    """The model file Triton serves by default: the highest numeric version."""
+    versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return versions[-1] / "model.onnx"
+
+
+DEFAULT_MODEL = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_classifier")
+DEFAULT_INT8 = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_int8_classifier")
 NOTES = Path(__file__).resolve().parent / "notes.md"
 BATCHES = (1, 4, 16, 32)
 THREADS = (1, 2)
@@ -150,7 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", help="folder of images (default: a seeded draw of the test split)")
     parser.add_argument("--count", type=int, default=96, help="images per round of each row")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (shared-box drift)")
-    parser.add_argument("--int8-model", help="INT8 ONNX (default: quantize --model now, QDQ)")
+    parser.add_argument("--int8-model", default=str(DEFAULT_INT8),
+                        help="INT8 ONNX (default: the repository's effnet_lite0_int8; '' quantizes --model now, QDQ)")
     parser.add_argument("--calibration-count", type=int, default=64)
     parser.add_argument("--accuracy-count", type=int, default=0,
                         help="test-split images for the INT8 accuracy change (0: whole split)")
