@@ -171,14 +171,14 @@ def make_repository(dest: Path, onnx_path, name: str, *, batching: bool = True,
             continue
         shutil.copytree(source, dest / model, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
-    target = dest / f"{name}_classifier" / "1" / "model.onnx"
+    # Only the file under test is served: every committed version directory of the classifier
+    # (with its export.json, whose sha256 names the committed file) is replaced by version 1.
+    classifier = dest / f"{name}_classifier"
+    for version in [p for p in classifier.iterdir() if p.is_dir() and p.name.isdigit()]:
+        shutil.rmtree(version)
+    target = classifier / "1" / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, target)
-    # The committed version directory's export.json records the committed file's sha256; the
-    # server refuses any other file beside it (e.g. the INT8 variant), so it goes with the swap.
-    record = target.parent / "export.json"
-    if record.is_file() and Path(onnx_path).resolve() != (COMMITTED_REPOSITORY / f"{name}_classifier" / "1" / "model.onnx").resolve():
-        record.unlink()
     for config in dest.glob("*/config.pbtxt"):
         text = config.read_text()
         if not batching:

@@ -60,7 +60,9 @@ def own_server(args):
     from benchmarks.rows import make_repository
     from server.launch import TritonServer
 
-    onnx = Path(args.onnx) if args.onnx else (REPO_ROOT / "model_repository" / f"{args.model}_classifier" / "1" / "model.onnx")
+    from benchmarks.run import latest_version
+
+    onnx = Path(args.onnx) if args.onnx else latest_version(REPO_ROOT / "model_repository" / f"{args.model}_classifier")
     if not onnx.is_file():
         raise FileNotFoundError(f"{onnx} does not exist; pass --onnx PATH or --url of a running server")
     edits = {}
