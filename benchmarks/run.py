@@ -34,6 +34,15 @@ def latest_version(model_dir: Path) -> Path:
     return versions[-1] / "model.onnx"
 
 
+def _shown(path) -> str:
+    """A path as the report shows it: relative to the repository when inside it, never machine-specific."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name
+
+
 DEFAULT_MODEL = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_classifier")
 DEFAULT_INT8 = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_int8_classifier")
 NOTES = Path(__file__).resolve().parent / "notes.md"
@@ -417,11 +426,3 @@ owned by `export/model_repository.py` and `model_repository/preprocess/config.pb
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _shown(path) -> str:
-    """A path as the report shows it: relative to the repository when inside it, never machine-specific."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return path.name
