@@ -33,9 +33,21 @@ def onnx_session(model: keras.Model, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _code_digest() -> str:
+    """Digest of the code that turns a file into a view: a change to it must not reuse old activations."""
+    import training.augment
+    from training.preprocessing import IMAGING_PATH
+
+    h = hashlib.sha256()
+    for path in (IMAGING_PATH, Path(training.augment.__file__)):
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(cfg: TrainConfig, split: str, items: list) -> str:
     fields = [cfg.backbone, cfg.weights, cfg.image_size, cfg.finetune_from, cfg.seed, cfg.rotation, cfg.shift,
-              cfg.zoom, cfg.brightness, cfg.canvas_prob, split, len(items), items[0][0] if items else ""]
+              cfg.zoom, cfg.brightness, cfg.canvas_prob, split, len(items), items[0][0] if items else "",
+              _code_digest()]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 

@@ -143,6 +143,8 @@ Per class (FP32, plain):
   is pasted on a wider (up to ~16:9), dark canvas before the server's letterbox, because users
   photograph objects on tables in landscape. Each training photo is cached as {cfg['views']} views
   (the first plain).
+  The shipped run's views were made before `trim_background` existed (no trimming in training);
+  training views made now are trimmed like the server's input.
 - The backbone below `{cfg['finetune_from']}` is frozen and its activations are cached once per view
   (ONNX Runtime); phase 1 trains the head for {cfg['head_epochs']} epochs (Adam {cfg['head_lr']}), phase 2
   fine-tunes the top blocks and the head for up to {cfg['finetune_epochs']} epochs (Adam {cfg['finetune_lr']},
