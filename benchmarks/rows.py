@@ -267,3 +267,38 @@ def warm_up(server, name: str, paths: list[str]) -> None:
             for item in client.classify_many(paths, max_in_flight=4):
                 if not item.ok:
                     raise RuntimeError(f"warm-up of {model} failed: {item.error}")
+
+
+# -- preprocessing alone -----------------------------------------------------------------------------
+
+def preprocess_only(imaging_module, encoded: list[bytes], key: str, what: str) -> Row:
+    """Row 2p: the `preprocess` model's work (decode, EXIF, trim, letterbox) one image per call."""
+    imaging_module.preprocess_bytes(encoded[0])
+    latencies = []
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for data in encoded:
+            t = time.perf_counter()
+            imaging_module.preprocess_bytes(data)
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note="1 image per call, 1 thread"))
+
+
+def imaging_at(commit: str, dest: Path):
+    """The `imaging` module as it was at `commit` (for a before/after row), or None without git history."""
+    import importlib.util
+    import subprocess
+
+    relpath = "model_repository/preprocess/1/imaging.py"
+    try:
+        source = subprocess.run(["git", "-C", str(REPO_ROOT), "show", f"{commit}:{relpath}"],
+                                capture_output=True, check=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    dest = Path(dest)
+    dest.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"imaging_{commit}", dest)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -47,6 +47,9 @@ DEFAULT_MODEL = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_cl
 DEFAULT_INT8 = latest_version(REPO_ROOT / "model_repository" / "effnet_lite0_int8_classifier")
 NOTES = Path(__file__).resolve().parent / "notes.md"
 BATCHES = (1, 4, 16, 32)
+#: The last commit with the previous `preprocess` code (bicubic thumbnail and float64 arithmetic in
+#: `trim_background`); rows 2p0/V3/V4 run it beside the current code to measure what the change bought.
+PREPROCESS_BEFORE = "318f2a8"
 THREADS = (1, 2)
 IN_FLIGHT = (1, 4, 8, 16, 32)
 
@@ -116,46 +119,76 @@ def find(rows: list[Row], key: str, in_flight: int | None = None) -> Row | None:
 
 
 def changes_table(results: list[Row], row1: Row, row6a: Row, profile: dict, sweep: list[Row]) -> list[str]:
-    """Each change with the effect predicted before measuring (rule stated) and the measured one."""
-    lines = ["| change | predicted (before measuring) | measured |", "|---|---|---|"]
-    base1 = find(results, "3s")
+    """Each change with the effect predicted before measuring (rule stated) and the measured one.
+
+    The "before" variants (V1-V4) put one earlier choice back in a copy of the repository; the
+    reference rows (3r, 3s, 6b) are the committed configuration measured in the same rounds.
+    """
+    lines = ["| change (before -> now) | predicted (rule, before measuring) | measured |", "|---|---|---|"]
+    now1, now16, int8_16 = find(results, "3s"), find(results, "3r"), find(results, "6b")
+    v0, v1, v3, v4 = (find(results, k) for k in ("V0", "V1", "V3", "V4"))
+    v2, v2_1 = find(results, "V2", 16), find(results, "V2", 1)
+    p_now, p_before = find(results, "2p"), find(results, "2p0")
+
+    def queue_ms(label):
+        # With one request in flight nothing else is queued: the steps' queue time is batcher delay.
+        delta = next((d for name, d in profile.items() if name.startswith(f"{label}: ")), [])
+        return sum(d["queue_ms"] for d in delta)
+
+    for before, label, what in ((v1, "delay5", "5 ms + 1 ms"), (v0, "delay05", "0.5 ms + 1 ms")):
+        if before and now1:
+            waited = queue_ms(label) - queue_ms("on1")
+            lines.append(f"| batcher delay (classifier + preprocess) {what} -> 0 + 0, 1 in flight | p50 -{waited:.1f} ms: "
+                         f"the extra queue time the counters show for the variant, pure waiting since no batch can form "
+                         f"| p50 {before.percentile_ms(50):.1f} -> {now1.percentile_ms(50):.1f} ms, "
+                         f"{before.images_per_s:.1f} -> {now1.images_per_s:.1f} img/s |")
+    if v2 and now16:
+        lines.append(f"| 1 classifier instance x 2 ORT threads -> 2 instances x 1 thread, 16 in flight | +0-15%: "
+                     f"no intra-op barrier per layer, and a descheduled thread stalls only its own request "
+                     f"| {v2.images_per_s:.1f} -> {now16.images_per_s:.1f} img/s "
+                     f"({now16.images_per_s / v2.images_per_s:.2f}x) |")
+    if v2_1 and now1:
+        lines.append(f"| the same, 1 in flight (the price of the layout) | p50 up by the classifier's 1- vs 2-thread "
+                     f"time (row 1 sweep, batch 1) | p50 {v2_1.percentile_ms(50):.1f} -> {now1.percentile_ms(50):.1f} ms, "
+                     f"p95 {v2_1.percentile_ms(95):.1f} -> {now1.percentile_ms(95):.1f} ms |")
+    if v3 and now16 and p_now and p_before:
+        # CPU-bound server: an image costs (cores busy) / (images/s) of CPU; the preprocess change
+        # removes its in-process saving from that, everything else unchanged.
+        saved_s = p_before.seconds / p_before.images - p_now.seconds / p_now.images
+        busy = (v3.cpu_ours or 100) / 100 * (os.cpu_count() or 1)
+        cpu_per_image = busy / v3.images_per_s
+        predicted = busy / (cpu_per_image - saved_s)
+        lines.append(f"| `trim_background`: box-filter reduce instead of bicubic thumbnail, int16 instead of float64, "
+                     f"decide from the frame's edge pixels first | rows 2p0 -> 2p save {saved_s * 1e3:.2f} ms of CPU "
+                     f"per image; at {cpu_per_image * 1e3:.1f} ms of server CPU per image (V3) that is "
+                     f"{v3.images_per_s:.1f} -> {predicted:.1f} img/s "
+                     f"| {v3.images_per_s:.1f} -> {now16.images_per_s:.1f} img/s ({now16.images_per_s / v3.images_per_s:.2f}x) |")
+    if v3 and v4 and now16 and int8_16:
+        lines.append(f"| the same preprocess change, seen in the INT8 / FP32 ratio through Triton | rises: the "
+                     f"fixed per-image cost that INT8 does not shrink gets smaller "
+                     f"| {v4.images_per_s / v3.images_per_s:.2f}x (V4/V3) -> "
+                     f"{int8_16.images_per_s / now16.images_per_s:.2f}x (6b/3r) |")
     delta = profile.get("grpc 1 in flight", [])
-    # Queue time of the steps at one request in flight is pure batcher delay (nothing else queued).
-    delay_ms = sum(d["queue_ms"] for d in delta)
     classifier = next((d for d in delta if d["model"].endswith("_classifier")), None)
     ensemble = max(delta, key=lambda d: d["request_ms"]) if delta else None
-    v1_1, v1_16 = find(results, "V1", 1), find(results, "V1", 16)
-    v2_1, v2_16 = find(results, "V2", 1), find(results, "V2", 16)
-    v3_1, v3_16 = find(results, "V3", 1), find(results, "V3", 16)
-    if v1_1 and base1:
-        lines.append(f"| batcher delay 0 (classifier 5 ms, preprocess 1 ms -> 0), 1 in flight | p50 -{delay_ms:.1f} ms "
-                     f"(the queue time the counters show at 1 in flight: the batcher waits for a batch that never comes) "
-                     f"| p50 {base1.percentile_ms(50):.1f} -> {v1_1.percentile_ms(50):.1f} ms, "
-                     f"{base1.images_per_s:.1f} -> {v1_1.images_per_s:.1f} img/s |")
-    if v1_16 and v2_16 and v2_1 and v1_1:
-        lines.append(f"| 2 classifier instances x 1 ORT thread (vs 1 x 2), delay 0 | 16 in flight: +0-15% "
-                     f"(no intra-op barrier per layer); 1 in flight: p50 up to 2x (one core per request) "
-                     f"| 16 in flight {v1_16.images_per_s:.1f} -> {v2_16.images_per_s:.1f} img/s; "
-                     f"1 in flight p50 {v1_1.percentile_ms(50):.1f} -> {v2_1.percentile_ms(50):.1f} ms |")
-    if classifier and v3_1 and v2_1:
+    if classifier and ensemble and now16 and int8_16:
         share = classifier["compute_infer_ms_per_exec"] / ensemble["request_ms"]
         speed = row6a.images_per_s / row1.images_per_s
         predicted = 1 / (share / speed + (1 - share))
-        lines.append(f"| INT8 model (QDQ) on the V2 config | Amdahl: classifier compute is {share:.0%} of a request at 1 in flight, "
+        lines.append(f"| FP32 -> INT8 model (QDQ) | Amdahl: classifier compute is {share:.0%} of a request at 1 in flight, "
                      f"in-process INT8 speed-up {speed:.2f}x -> {predicted:.2f}x end to end "
-                     f"| 1 in flight {v2_1.images_per_s:.1f} -> {v3_1.images_per_s:.1f} img/s "
-                     f"({v3_1.images_per_s / v2_1.images_per_s:.2f}x); 16 in flight "
-                     f"{v2_16.images_per_s:.1f} -> {v3_16.images_per_s:.1f} img/s ({v3_16.images_per_s / v2_16.images_per_s:.2f}x) |")
+                     f"| {now16.images_per_s:.1f} -> {int8_16.images_per_s:.1f} img/s at 16 in flight "
+                     f"({int8_16.images_per_s / now16.images_per_s:.2f}x) |")
     if sweep:
         top = best(sweep)
         lines.append(f"| client in-flight count 1 -> best | up to ~2x: one request at a time leaves a core idle while the "
                      f"other decodes or waits on I/O | {sweep[0].images_per_s:.1f} -> {top.images_per_s:.1f} img/s at "
                      f"{top.note} |")
-    s1, s2 = find(results, "S1"), find(results, "S2")
-    if s1 and s2:
-        lines.append(f"| two local servers, client round-robin | <= 1.0x on 2 cores: both servers share the same two "
-                     f"cores, a second one adds only another preprocess/ORT pool competing for them "
-                     f"| {s1.images_per_s:.1f} -> {s2.images_per_s:.1f} img/s ({s2.images_per_s / s1.images_per_s:.2f}x) |")
+    s2 = find(results, "S2")
+    if s2 and now16:
+        lines.append(f"| one server -> two local servers, client round-robin | <= 1.0x on 2 cores: both servers share "
+                     f"the same two cores, a second one adds only another preprocess/ORT pool competing for them "
+                     f"| {now16.images_per_s:.1f} -> {s2.images_per_s:.1f} img/s ({s2.images_per_s / now16.images_per_s:.2f}x) |")
     return lines
 
 
@@ -230,31 +263,48 @@ def main(argv=None) -> int:
         best_b, best_t = row1.params["batch"], row1.params["threads"]
         session = sessions[("fp32", best_t)]
         single_t = best([r for r in sweeps["1"] if r.params["batch"] == 1] or [row1]).params["threads"]
-        measured = interleaved({
+        imaging_before = R.imaging_at(PREPROCESS_BEFORE, tmp / "imaging_before.py")
+        plan = {
             "2": lambda: R.ort_files(session, encoded, best_b, "2", "ORT in-process, decode+letterbox+infer", best_t),
             "2b": lambda: R.ort_files(sessions[("fp32", single_t)], encoded, 1, "2b",
                                       "ORT in-process, decode+infer, one image at a time", single_t),
-        }, args.rounds)
+            "2c": lambda: R.ort_files(sessions[("fp32", 1)], encoded, 1, "2c",
+                                      "ORT in-process, decode+infer, one image at a time, the server's 1 thread", 1),
+            "2p": lambda: R.preprocess_only(imaging, encoded, "2p", "preprocess code alone (decode, trim, letterbox)"),
+        }
+        if imaging_before is not None:
+            plan["2p0"] = lambda: R.preprocess_only(imaging_before, encoded, "2p0",
+                                                    f"preprocess code alone, before ({PREPROCESS_BEFORE})")
+        measured = interleaved(plan, args.rounds)
         row2, row2_single = measured["2"], measured["2b"]
-        results += [row1, row2, row2_single, row6a]
+        row2_one_thread = measured["2c"]
+        results += [row1, row2, row2_single, row2_one_thread, row6a, measured["2p"]] + ([measured["2p0"]] if "2p0" in measured else [])
         del session, sessions
 
         # (3)-(6b) and the variants: every server up at once, measured in interleaved rounds
-        no_delay = lambda text: re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0", text)
+        # "Before" variants: each puts back one earlier choice, so the same run shows what it bought.
+        delay = lambda us: lambda text: re.sub(r"max_queue_delay_microseconds: \d+",
+                                               f"max_queue_delay_microseconds: {us}", text)
 
-        def two_instances(text):
-            text = no_delay(text).replace("count: 1", "count: 2", 1)
-            return re.sub(r'(intra_op_thread_count"\s*value: \{ string_value: )"\d+"', r'\1"1"', text)
+        def one_instance_two_threads(text):
+            text = re.sub(r"(instance_group \[\s*\{\s*count: )\d+", r"\g<1>1", text)
+            return re.sub(r'(intra_op_thread_count"\s*value: \{ string_value: )"\d+"', r'\1"2"', text)
 
         cls = f"{args.name}_classifier"
         repos = {
             "on": R.make_repository(tmp / "repo", model, args.name),
             "off": R.make_repository(tmp / "repo_off", model, args.name, batching=False),
-            "v1": R.make_repository(tmp / "repo_v1", model, args.name, edits={cls: no_delay, "preprocess": no_delay}),
-            "v2": R.make_repository(tmp / "repo_v2", model, args.name, edits={cls: two_instances, "preprocess": no_delay}),
             "int8": R.make_repository(tmp / "repo_int8", int8, args.name),
-            "v3": R.make_repository(tmp / "repo_v3", int8, args.name, edits={cls: two_instances, "preprocess": no_delay}),
+            "delay5": R.make_repository(tmp / "repo_delay5", model, args.name,
+                                        edits={cls: delay(5000), "preprocess": delay(1000)}),
+            "delay05": R.make_repository(tmp / "repo_delay05", model, args.name,
+                                         edits={cls: delay(500), "preprocess": delay(1000)}),
+            "one2": R.make_repository(tmp / "repo_one2", model, args.name, edits={cls: one_instance_two_threads}),
         }
+        if imaging_before is not None:
+            for key, onnx in (("pre0", model), ("pre0_int8", int8)):
+                repos[key] = R.make_repository(tmp / f"repo_{key}", onnx, args.name)
+                shutil.copyfile(tmp / "imaging_before.py", repos[key] / "preprocess" / "1" / "imaging.py")
         log(f"starting {len(repos) + 1} tritonservers (one per configuration, plus a second 'on' for scale-out)")
         servers = R.start_servers(stack, [repos[k] for k in repos] + [repos["on"]])
         srv = dict(zip(list(repos) + ["on2"], servers))
@@ -273,32 +323,34 @@ def main(argv=None) -> int:
         row3 = best(sweeps["3"])
         best_n = int(row3.note.split(",")[1].split()[0])
         single = measured[in_flights[0]][0]
-        batched16 = measured[16][0] if 16 in measured else None
 
-        log(f"rows 3 (http), 4, 5, 6b, variants, scale-out at {best_n} / 16 / 1 in flight, {args.rounds} rounds")
+        # Every comparison below is between rows of this one interleaved plan (the same moments of
+        # background load), at 16 in flight, the issue's batching point, unless named otherwise.
+        log(f"rows 3 (http), 4, 5, 6b, variants, scale-out at 16 / 1 in flight, {args.rounds} rounds")
         plan = {
-            "http": bulk("3", "Triton bulk scorer", "on", best_n, protocol="http"),
-            "tta": bulk("5", "Triton TTA (2 views)", "on", best_n, model_name=f"{args.name}_tta"),
+            "on16": bulk("3r", "Triton bulk scorer (reference for the rows below)", "on", 16),
+            "http": bulk("3", "Triton bulk scorer", "on", 16, protocol="http"),
+            "tta": bulk("5", "Triton TTA (2 views)", "on", 16, model_name=f"{args.name}_tta"),
             "off16": bulk("4", "Triton, dynamic batching off", "off", 16),
-            "int8": bulk("6b", "INT8 Triton bulk scorer", "int8", best_n),
-            "v1_1": bulk("V1", "Triton, batcher delay 0", "v1", 1),
-            "v1_16": bulk("V1", "Triton, batcher delay 0", "v1", 16),
-            "v2_1": bulk("V2", "Triton, delay 0, 2 classifier instances x 1 thread", "v2", 1),
-            "v2_16": bulk("V2", "Triton, delay 0, 2 classifier instances x 1 thread", "v2", 16),
-            "v3_1": bulk("V3", "INT8 Triton, V2 config (delay 0, 2 x 1 thread)", "v3", 1),
-            "v3_16": bulk("V3", "INT8 Triton, V2 config (delay 0, 2 x 1 thread)", "v3", 16),
-            "s1": bulk("S1", "one server (same moment)", "on", best_n),
-            "s2": bulk("S2", "two local servers, client round-robin", "on", best_n, extra_servers=("on2",)),
+            "int8": bulk("6b", "INT8 Triton bulk scorer", "int8", 16),
+            "on1": bulk("3s", "Triton, one request in flight", "on", 1),
+            "delay5": bulk("V1", "before: batcher delay 5 ms classifier + 1 ms preprocess", "delay5", 1),
+            "delay05": bulk("V0", "before: batcher delay 0.5 ms classifier + 1 ms preprocess", "delay05", 1),
+            "one2": bulk("V2", "before: 1 classifier instance x 2 ORT threads", "one2", 16),
+            "one2_1": bulk("V2", "before: 1 classifier instance x 2 ORT threads", "one2", 1),
+            "s2": bulk("S2", "two local servers, client round-robin", "on", 16, extra_servers=("on2",)),
         }
+        if imaging_before is not None:
+            plan["pre0"] = bulk("V3", f"before: preprocess code of {PREPROCESS_BEFORE}", "pre0", 16)
+            plan["pre0_int8"] = bulk("V4", f"INT8, before: preprocess code of {PREPROCESS_BEFORE}", "pre0_int8", 16)
         measured = interleaved(plan, args.rounds)
         for label, (row, delta) in measured.items():
             profile[f"{label}: {row.what}, {row.note}"] = delta
-        row3h, row5, row4, row6b = (measured[k][0] for k in ("http", "tta", "off16", "int8"))
-        row_one, row_two = measured["s1"][0], measured["s2"][0]
-        single.key, single.what = "3s", "Triton, one request in flight"
-        results += [row3, row3h, single, row5, row4, row6b]
-        results += [measured[k][0] for k in ("v1_1", "v1_16", "v2_1", "v2_16", "v3_1", "v3_16")]
-        results += [row_one, row_two]
+        row3r, row3h, row5, row4, row6b, single = (
+            measured[k][0] for k in ("on16", "http", "tta", "off16", "int8", "on1"))
+        row_two = measured["s2"][0]
+        results += [row3, row3r, row3h, single, row5, row4, row6b, row_two]
+        results += [measured[k][0] for k in ("delay5", "delay05", "one2", "one2_1", "pre0", "pre0_int8") if k in measured]
         stack.close()
 
         log("accuracy: FP32 vs INT8 on the test split")
@@ -322,36 +374,27 @@ def main(argv=None) -> int:
     row8.images, row8.seconds = 1, flops / rate
     e2e = max(row3, row3h, key=lambda r: r.images_per_s)
     single_inproc = row2_single.percentile_ms(50)
+    # Ratios between Triton rows use the plan's rows (same rounds, 16 in flight); row 3 is the
+    # best point of the in-flight sweep, the end-to-end figure.
     targets = [
         ("E2E bulk >= 80% of row 2", e2e.images_per_s / row2.images_per_s, 0.8),
         ("E2E bulk >= 5x row 7", e2e.images_per_s / row7.images_per_s, 5.0),
-        ("batching on / off at 16 in flight >= 1.5", (batched16.images_per_s if batched16 else float("nan")) / row4.images_per_s, 1.5),
-        ("INT8 / FP32 in-process >= 1.5", row6a.images_per_s / row1.images_per_s, 1.5),
-        ("INT8 / FP32 through Triton >= 1.5", row6b.images_per_s / row3.images_per_s, 1.5),
+        ("batching on / off at 16 in flight >= 1.5 (3r / 4)", row3r.images_per_s / row4.images_per_s, 1.5),
+        ("INT8 / FP32 in-process >= 1.5 (6a / 1)", row6a.images_per_s / row1.images_per_s, 1.5),
+        ("INT8 / FP32 through Triton at 16 in flight >= 1.5 (6b / 3r)", row6b.images_per_s / row3r.images_per_s, 1.5),
         ("INT8 accuracy change >= -0.5 points", extra["accuracy"]["change_points"], -0.5),
-        ("single-image p95 (1 in flight) <= 2x in-process single-image p50",
+        ("single-image p95 (1 in flight) <= 2x in-process single-image p50 (2b, best threads)",
          single_inproc * 2 / single.percentile_ms(95), 1.0),
-        ("two servers / one server > 1", row_two.images_per_s / row_one.images_per_s, 1.0 + 1e-9),
+        ("the same against in-process with the server's 1 thread per request (2c)",
+         row2_one_thread.percentile_ms(50) * 2 / single.percentile_ms(95), 1.0),
+        ("two servers / one server > 1 (S2 / 3r)", row_two.images_per_s / row3r.images_per_s, 1.0 + 1e-9),
     ]
-    # The same targets with the configuration this benchmark recommends (V2: batcher delay 0, two
-    # single-threaded classifier instances; V3 = V2 with the INT8 model). Not committed: the configs
-    # belong to export/model_repository.py, see "Changes tried".
-    v2_1, v2_16, v3_16 = find(results, "V2", 1), find(results, "V2", 16), find(results, "V3", 16)
-    if v2_1 and v2_16 and v3_16:
-        targets += [
-            ("V2: E2E bulk (16 in flight) >= 80% of row 2", v2_16.images_per_s / row2.images_per_s, 0.8),
-            ("V2: E2E bulk >= 5x row 7", v2_16.images_per_s / row7.images_per_s, 5.0),
-            ("V2: batching (delay 0) at 16 in flight / batching off >= 1.5", v2_16.images_per_s / row4.images_per_s, 1.5),
-            ("V3/V2: INT8 / FP32 through Triton at 16 in flight >= 1.5", v3_16.images_per_s / v2_16.images_per_s, 1.5),
-            ("V2: single-image p95 <= 2x in-process single-image p50", single_inproc * 2 / v2_1.percentile_ms(95), 1.0),
-        ]
     target_lines = ["| target | measured | needed | met |", "|---|---|---|---|"]
     for name, value, need in targets:
         target_lines.append(f"| {name} | {value:.2f} | {need:g} | {'yes' if value >= need else 'NO'} |")
     target_lines.append(f"\nSingle-image latency at one request in flight: p95 {single.percentile_ms(95):.1f} ms "
-                        f"(p50 {single.percentile_ms(50):.1f} ms) with the committed configs"
-                        + (f", p95 {v2_1.percentile_ms(95):.1f} ms (p50 {v2_1.percentile_ms(50):.1f} ms) with V2" if v2_1 else "")
-                        + f"; in-process single image (decode + ORT) p50 {single_inproc:.1f} ms.")
+                        f"(p50 {single.percentile_ms(50):.1f} ms); in-process single image (decode + ORT) "
+                        f"p50 {single_inproc:.1f} ms.")
     acc = extra["accuracy"]
     target_lines.append(f"INT8 on {acc['images']} test-split images: FP32 accuracy {acc['fp32_accuracy']:.4f}, "
                         f"INT8 {acc['int8_accuracy']:.4f} ({acc['change_points']:+.2f} points), "
@@ -383,7 +426,8 @@ Every number below was measured in that one run.
 - Images: the same {len(paths)} files for every row ({'folder ' + args.images if args.images else 'seeded draw of the test split'}), sent in {args.rounds} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {args.rounds} x {len(paths)}; the Keras row runs the same files once.
 - Latency is per request: one `session.run` / `predict` call for in-process rows, one `classify` call seen by the client for Triton rows.
 - "CPU ours %" = CPU seconds of this process + the Triton server(s) and their python stubs, over wall time x all cores.
-- Triton rows run the committed configs in a temporary copy of `model_repository/` with the model above; row 4 deletes every `dynamic_batching` block in that copy.
+- Triton rows run the committed configs in a temporary copy of `model_repository/` with the model above; row 4 deletes every `dynamic_batching` block in that copy; rows V1-V4 each put one earlier choice back (see "Changes tried").
+- Row 3 is the best point of the in-flight sweep; rows 3r, 3 (http), 3s, 4, 5, 6b, S2 and V1-V4 were measured together in one interleaved plan, and the ratios between Triton rows compare rows of that plan.
 
 ## Results
 
@@ -399,8 +443,8 @@ Sweeps (best point is the row above):
 
 ## Changes tried: predicted and measured effect (same run)
 
-Variants are config edits in the benchmark's temporary repository copy; the committed configs are
-owned by `export/model_repository.py` and `model_repository/preprocess/config.pbtxt`.
+Each "before" is a variant in the benchmark's temporary repository copy (a config edit, or the
+previous `preprocess/1/imaging.py` from git), measured in the same rounds as the committed "now".
 
 {chr(10).join(change_lines)}
 

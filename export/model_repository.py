@@ -26,9 +26,9 @@ ENSEMBLE_OUTPUT = "probabilities"
 #: Batch limit of classifier and ensembles; must not exceed the shared models' (preprocess: 64).
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (8, 16, 32)
-MAX_QUEUE_DELAY_US = 500
+MAX_QUEUE_DELAY_US = 0
 #: Requests that may wait in the classifier's queue before new ones are refused with UNAVAILABLE:
-#: at the ~25 images/s the 2-core box sustains (load_tests/thresholds.toml), 64 is ~2.5 s of work.
+#: at the ~100 images/s the 2-core box sustains (BENCHMARKS.md), 64 is well under a second of work.
 MAX_QUEUE_SIZE = 64
 #: A request still queued after this long is refused (UNAVAILABLE) instead of answered late; clients
 #: may ask for less (allow_timeout_override), never for more.
@@ -81,18 +81,18 @@ output [
 ]
 # Measured with the trained EfficientNet-Lite0 (`make bench`, BENCHMARKS.md): on this 2-core CPU
 # its in-process throughput is nearly flat in the batch size (depthwise layers are memory-bound),
-# so batching saves only the ~1-2 ms per-call overhead, while a 5 ms batcher delay cost 5.5 ms of
-# pure waiting per request at one request in flight (p50 34.6 -> 26.0 ms without it). Under load
-# batches still form from the queue alone; the delay is kept at {max_queue_delay_us / 1000:g} ms, only enough to
-# merge requests that arrive together, with preferred sizes {preferred}.
+# so batching saves only the ~1 ms per-call overhead, while any batcher delay is pure waiting at
+# one request in flight (5 ms -> 0.5 ms took p50 from 26.2 to 21.1 ms). Under load batches still
+# form without a delay: requests queued while both instances are busy run together when one frees
+# (mean batch ~4 at 16 in flight). Delay {max_queue_delay_us / 1000:g} ms, preferred sizes {preferred}.
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
   # Overload: an unbounded queue turns "too many requests" into latency that grows without limit
   # (every queued request waits for all before it). Bounded, the server answers UNAVAILABLE at once
   # ("Exceeds maximum queue size") and the client backs off and retries (waste_client retries
-  # UNAVAILABLE). {max_queue_size} requests are ~{max_queue_size / 25:g} s of work at the ~25 images/s the 2-core box
-  # sustains; a request still queued after {queue_timeout_us / 1e6:g} s (a slower box, a stalled instance) is
+  # UNAVAILABLE). {max_queue_size} requests are ~{max_queue_size / 100:g} s of work at the ~100 images/s the 2-core
+  # box sustains; a request still queued after {queue_timeout_us / 1e6:g} s (a slower box, a stalled instance) is
   # refused the same way rather than answered after its client gave up.
   default_queue_policy {{
     max_queue_size: {max_queue_size}
@@ -101,10 +101,11 @@ dynamic_batching {{
     allow_timeout_override: true
   }}
 }}
-# Two single-threaded instances, not one using both cores: measured (`make bench`, config V2)
-# 71.3 images/s end to end at 16 in flight against 38.5 for one 2-thread instance, because an
+# Two single-threaded instances, not one using both cores: measured (`make bench`, row V2)
+# 105.8 images/s end to end at 16 in flight against 66.5 for one 2-thread instance, because an
 # intra-op-parallel layer waits for its slowest thread and on a shared 2-core box one of the two
-# is often descheduled; two independent instances keep both cores busy.
+# is often descheduled; two independent instances keep both cores busy. The price: one request
+# alone runs on one core (classifier ~13 ms instead of ~7 ms at one request in flight).
 instance_group [
   {{
     count: {instance_count}
