@@ -36,6 +36,9 @@ class Row:
         return float(np.percentile(np.asarray(self.latencies_s), q) * 1000.0)
 
 
+_INSTANCE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*?)_\d+_\d+$")
+
+
 class CpuMeter:
     """CPU seconds of some process trees and of the whole machine over a `with` block.
 
@@ -48,15 +51,34 @@ class CpuMeter:
     def __init__(self, pids=()):
         self.roots = [psutil.Process(os.getpid())] + [psutil.Process(p) for p in pids]
         self.ours = self.system = None
+        self.parts: dict = {}  # CPU seconds by part: "client", "tritonserver", or a model's stubs
+        self._part_of: dict = {}
+
+    def _part(self, proc, root_index: int) -> str:
+        if proc.pid not in self._part_of:
+            if proc.pid == self.roots[0].pid:
+                part = "client (this process)"
+            elif any(proc.pid == r.pid for r in self.roots[1:]):
+                part = "tritonserver"
+            else:
+                # Python stubs are started with their instance name ("preprocess_0_1") as an argument.
+                try:
+                    names = [m.group(1) for a in proc.cmdline() if (m := _INSTANCE.match(a))]
+                except psutil.Error:
+                    names = []
+                part = f"{names[-1]} stubs" if names else "other server processes"
+            self._part_of[proc.pid] = part
+        return self._part_of[proc.pid]
 
     def _tree_seconds(self) -> dict:
         seconds = {}
-        for root in self.roots:
+        for index, root in enumerate(self.roots):
             for proc in [root, *root.children(recursive=True)]:
                 try:
                     t = proc.cpu_times()
                     # children_* only grow when a child is reaped; counting them would double-count.
                     seconds[proc.pid] = t.user + t.system
+                    self._part(proc, index)
                 except psutil.Error:
                     pass
         return seconds
@@ -78,6 +100,10 @@ class CpuMeter:
         tree1 = self._tree_seconds()
         sys1 = self._system()
         used = sum(v - self._tree0.get(pid, 0.0) for pid, v in tree1.items())
+        self.parts = {}
+        for pid, v in tree1.items():
+            part = self._part_of.get(pid, "other server processes")
+            self.parts[part] = self.parts.get(part, 0.0) + v - self._tree0.get(pid, 0.0)
         cores = psutil.cpu_count() or 1
         self.ours = 100.0 * used / (wall * cores) if wall > 0 else None
         busy = sys1[0] - self._sys0[0]
@@ -86,6 +112,8 @@ class CpuMeter:
 
     def fill(self, row: Row) -> Row:
         row.cpu_ours, row.cpu_system = self.ours, self.system
+        if self.parts and row.images:
+            row.params["cpu_ms_per_image"] = {k: 1e3 * v / row.images for k, v in self.parts.items()}
         return row
 
 
@@ -165,9 +193,15 @@ def merge_rows(parts: list[Row]) -> Row:
         values = [(getattr(p, attr), p.seconds) for p in parts if getattr(p, attr) is not None]
         return sum(v * s for v, s in values) / sum(s for _, s in values) if values else None
 
+    params = dict(first.params)
+    cpu = [(p.params["cpu_ms_per_image"], p.images) for p in parts if "cpu_ms_per_image" in p.params]
+    if cpu:
+        total = sum(n for _, n in cpu)
+        keys = {k for d, _ in cpu for k in d}
+        params["cpu_ms_per_image"] = {k: sum(d.get(k, 0.0) * n for d, n in cpu) / total for k in sorted(keys)}
     return Row(first.key, first.what, sum(p.images for p in parts), seconds,
                [x for p in parts for x in p.latencies_s], weighted("cpu_ours"), weighted("cpu_system"),
-               first.note, dict(first.params))
+               first.note, params)
 
 
 def merge_deltas(parts: list[list[dict]]) -> list[dict]:

@@ -114,7 +114,8 @@ def decode_image(
         raise ImageDecodeError(f"corrupt or truncated {img.format} data: {exc}") from None
     try:
         # Orientation before letterboxing, otherwise a portrait phone photo is padded as landscape.
-        img = ImageOps.exif_transpose(img)
+        # In place: for the usual photo without an Orientation tag Pillow would return a copy.
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the whole image
         pass
     return to_rgb(img)
