@@ -82,9 +82,10 @@ output [
 # Measured with the trained EfficientNet-Lite0 (`make bench`, BENCHMARKS.md): on this 2-core CPU
 # its in-process throughput is nearly flat in the batch size (depthwise layers are memory-bound),
 # so batching saves only the ~1 ms per-call overhead, while any batcher delay is pure waiting at
-# one request in flight (5 ms -> 0.5 ms took p50 from 26.2 to 21.1 ms). Under load batches still
-# form without a delay: requests queued while both instances are busy run together when one frees
-# (mean batch ~4 at 16 in flight). Delay {max_queue_delay_us / 1000:g} ms, preferred sizes {preferred}.
+# one request in flight (delays of 5 ms here + 1 ms in preprocess -> none took p50 from 29.3 to
+# 21.3 ms, row V1). Under load batches still form without a delay: requests queued while both
+# instances are busy run together when one frees (mean batch ~4 at 16 in flight).
+# Delay {max_queue_delay_us / 1000:g} ms, preferred sizes {preferred}.
 dynamic_batching {{
   preferred_batch_size: [ {preferred} ]
   max_queue_delay_microseconds: {max_queue_delay_us}
@@ -102,7 +103,7 @@ dynamic_batching {{
   }}
 }}
 # Two single-threaded instances, not one using both cores: measured (`make bench`, row V2)
-# 105.8 images/s end to end at 16 in flight against 66.5 for one 2-thread instance, because an
+# 92.1 images/s end to end at 16 in flight against 60.5 for one 2-thread instance, because an
 # intra-op-parallel layer waits for its slowest thread and on a shared 2-core box one of the two
 # is often descheduled; two independent instances keep both cores busy. The price: one request
 # alone runs on one core (classifier ~13 ms instead of ~7 ms at one request in flight).
