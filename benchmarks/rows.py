@@ -271,18 +271,44 @@ def warm_up(server, name: str, paths: list[str]) -> None:
 
 # -- preprocessing alone -----------------------------------------------------------------------------
 
-def preprocess_only(imaging_module, encoded: list[bytes], key: str, what: str) -> Row:
-    """Row 2p: the `preprocess` model's work (decode, EXIF, trim, letterbox) one image per call."""
-    imaging_module.preprocess_bytes(encoded[0])
+def preprocess_only(imaging_module, encoded: list[bytes], key: str, what: str, *, draft: bool = True,
+                    note: str = "1 image per call, 1 thread") -> Row:
+    """Row 2p: the `preprocess` model's work (decode, EXIF, trim, letterbox) one image per call.
+
+    `draft=False` decodes JPEGs at full size (the server decodes at the smallest DCT scale that
+    keeps 224 px), to measure what draft mode buys on large photos.
+    """
+    m = imaging_module
+    if draft:
+        run = m.preprocess_bytes
+    else:
+        def run(data):
+            return m.letterbox(m.trim_background(m.decode_image(data, draft_size=None)))
+    run(encoded[0])
     latencies = []
     with CpuMeter() as meter:
         start = time.perf_counter()
         for data in encoded:
             t = time.perf_counter()
-            imaging_module.preprocess_bytes(data)
+            run(data)
             latencies.append(time.perf_counter() - t)
         seconds = time.perf_counter() - start
-    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note="1 image per call, 1 thread"))
+    return meter.fill(Row(key, what, len(encoded), seconds, latencies, note=note))
+
+
+def phone_sized(encoded: list[bytes], size=(4032, 3024), quality: int = 90) -> list[bytes]:
+    """The photos enlarged to a 12 MP phone camera's size and re-encoded as JPEG (for row 2d)."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for data in encoded:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(
+            buffer, "JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
 
 
 def imaging_at(commit: str, dest: Path):
@@ -302,3 +328,69 @@ def imaging_at(commit: str, dest: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def triton_shm_loop(server, model: str, encoded: list[bytes], in_flight: int, key: str, what: str,
+                    *, shared_memory: bool) -> tuple[Row, list[dict]]:
+    """Rows 3m/3m0: a plain gRPC loop with or without system shared memory for the input.
+
+    A client on the server's host can hand the encoded file over in a registered /dev/shm region
+    instead of inside the gRPC message. Both variants run the same loop (one region per worker
+    thread, `in_flight` threads), so the difference is the transport alone; the product's bulk
+    scorer (rows 3/3r) does not use shared memory.
+    """
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import serialize_byte_tensor
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    regions = []
+    size = max(map(len, encoded)) + 64
+    if shared_memory:
+        for i in range(in_flight):
+            name = f"bench_{os.getpid()}_{key}_{i}"
+            handle = shm.create_shared_memory_region(name, "/" + name, size)
+            client.register_system_shared_memory(name, "/" + name, size)
+            regions.append((name, handle))
+    slots, local = itertools.count(), threading.local()
+    latencies: list = []
+
+    def one(data: bytes) -> None:
+        inp = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+        array = np.array([[data]], dtype=np.object_)
+        t = time.perf_counter()
+        if shared_memory:
+            if not hasattr(local, "slot"):
+                local.slot = next(slots)
+            name, handle = regions[local.slot]
+            serialized = serialize_byte_tensor(array)
+            shm.set_shared_memory_region(handle, [serialized])
+            inp.set_shared_memory(name, len(serialized.item()))
+        else:
+            inp.set_data_from_numpy(array)
+        client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=5)])
+        latencies.append(time.perf_counter() - t)
+
+    try:
+        with ThreadPoolExecutor(in_flight) as pool:
+            list(pool.map(one, encoded[:in_flight]))  # warm-up: connections, regions
+            latencies.clear()
+            before = triton_metrics(server.metrics_url)
+            with CpuMeter([server._process.pid]) as meter:
+                start = time.perf_counter()
+                list(pool.map(one, encoded))
+                seconds = time.perf_counter() - start
+            after = triton_metrics(server.metrics_url)
+    finally:
+        for name, handle in regions:
+            with contextlib.suppress(Exception):
+                client.unregister_system_shared_memory(name)
+            shm.destroy_shared_memory_region(handle)
+        client.close()
+    note = f"grpc, {in_flight} in flight" + (", input in system shared memory" if shared_memory else "")
+    row = meter.fill(Row(key, what, len(encoded), seconds, latencies, note=note))
+    return row, metrics_delta(before, after)
