@@ -167,3 +167,47 @@ def test_trim_background_leaves_a_scene_that_reaches_the_edges_alone():
     assert imaging.trim_background(scene) is scene
     blank = Image.new("RGB", (640, 480), (30, 30, 30))
     assert imaging.trim_background(blank) is blank
+
+
+def _trim_reference(img):
+    """trim_background's rule in plain float arithmetic, to pin the int16 version to it."""
+    small = np.asarray(img.reduce(max(1, -(-max(img.size) // 160))), dtype=np.float64)
+    h, w = small.shape[:2]
+    edges = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    close = np.abs(small - np.median(edges, axis=0)).max(axis=-1) <= imaging.TRIM_TOLERANCE
+    if np.concatenate([close[0], close[-1], close[:, 0], close[:, -1]]).mean() < 0.9:
+        return None
+    rows = np.flatnonzero(close.mean(axis=1) < imaging.TRIM_ROW_FRACTION)
+    cols = np.flatnonzero(close.mean(axis=0) < imaging.TRIM_ROW_FRACTION)
+    if rows.size == 0 or cols.size == 0:
+        return None
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    my, mx = int((bottom - top) * imaging.TRIM_MARGIN) + 1, int((right - left) * imaging.TRIM_MARGIN) + 1
+    top, bottom, left, right = max(0, top - my), min(h, bottom + my), max(0, left - mx), min(w, right + mx)
+    if (bottom - top) * (right - left) > 0.8 * h * w:
+        return None
+    sx, sy = img.width / w, img.height / h
+    return (int(left * sx), int(top * sy), int(np.ceil(right * sx)), int(np.ceil(bottom * sy)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_trim_background_integer_arithmetic_matches_the_float_rule(seed):
+    # The frame is two shades one level apart, split so that the thumbnail's edge median falls on a
+    # half; the object sits at the tolerance from it (both sides). That is where an integer
+    # version could round differently from the rule, if anywhere.
+    rng = np.random.default_rng(seed)
+    width, height = 64 * int(rng.integers(3, 14)), 64 * int(rng.integers(3, 9))
+    shade = int(rng.integers(40, 200))
+    frame = np.full((height, width, 3), shade, np.uint8)
+    frame[height // 2:] = shade + 1
+    ow, oh = int(width * rng.uniform(0.2, 0.6)), int(height * rng.uniform(0.2, 0.6))
+    x, y = int(rng.integers(1, width - ow)), int(rng.integers(1, height - oh))
+    offset = int(rng.choice([-1, 1])) * (imaging.TRIM_TOLERANCE + int(rng.integers(0, 2)))
+    frame[y:y + oh, x:x + ow] = np.clip(shade + offset, 0, 255)
+    img = Image.fromarray(frame)
+    expected = _trim_reference(img)
+    out = imaging.trim_background(img)
+    if expected is None:
+        assert out is img
+    else:
+        assert out is not img and out.size == (expected[2] - expected[0], expected[3] - expected[1])
