@@ -277,3 +277,32 @@ def test_async_twin_same_answers(dev_server, protocol):
             assert r.error.status == "INVALID_ARGUMENT"
         else:
             assert r.prediction.top_k == expected[str(r.item)]
+
+
+def _dev_successes(server) -> int:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        stats = client.get_inference_statistics("dev", as_json=True)
+    finally:
+        client.close()
+    return sum(int(m["inference_stats"]["success"].get("count", 0)) for m in stats["model_stats"])
+
+
+def test_two_servers_share_the_requests_and_one_covers_when_the_other_stops(dev_server):
+    from server.launch import TritonServer
+
+    second = TritonServer(dev_server.model_repository).start()
+    try:
+        before = _dev_successes(dev_server), _dev_successes(second)
+        items = [p for p in GOOD for _ in range(5)]
+        with Classifier([dev_server.grpc_url, second.grpc_url], model="dev", retries=3, backoff=0.05) as clf:
+            assert all(r.ok for r in clf.classify_many(items, max_in_flight=4))
+            spread = [_dev_successes(s) - b for s, b in zip((dev_server, second), before)]
+            assert sum(spread) == len(items) and min(spread) >= len(items) // 4
+            second.stop()
+            # The stopped server refuses connections; each retry goes to the next URL.
+            assert all(clf.classify(p, top_k=1).label for p in GOOD)
+    finally:
+        second.stop()
