@@ -355,7 +355,6 @@ def main(argv=None) -> int:
         for n in in_flights:
             profile[f"grpc {n} in flight"] = measured[n][1]
         row3 = best(sweeps["3"])
-        single = measured[in_flights[0]][0]
 
         # Every comparison below is between rows of this one interleaved plan (the same moments of
         # background load), at 16 in flight, the batching point, unless named otherwise.
