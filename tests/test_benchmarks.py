@@ -13,7 +13,7 @@ def test_stub_instance_names_map_to_their_model():
     assert _INSTANCE.match("preprocess_0_1").group(1) == "preprocess"
     assert _INSTANCE.match("effnet_lite0_classifier_1_0").group(1) == "effnet_lite0_classifier"
     for other in ("triton_python_backend_shm_region_f877cf54-2230-4923-8f76-bbd78f4b006d", "1048576",
-                  "/tmp/repo/preprocess/1/model.py", "DEFAULT"):
+                  "repo/preprocess/1/model.py", "DEFAULT"):
         assert _INSTANCE.match(other) is None
 
 
