@@ -16,15 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.labels import CLASSES  # the one list of classes, in output order
-
-INPUT_SIZE = 224
-CLASSIFIER_INPUT = "classifier_input"
-CLASSIFIER_OUTPUT = "classifier_output"
-ENSEMBLE_INPUT = "image_bytes"
-ENSEMBLE_OUTPUT = "probabilities"
-#: Batch limit of classifier and ensembles; must not exceed the shared models' (preprocess: 64).
-MAX_BATCH_SIZE = 64
+from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT,
+                      INPUT_SIZE, MAX_BATCH_SIZE)
 PREFERRED_BATCH_SIZES = (8, 16, 32)
 MAX_QUEUE_DELAY_US = 0
 #: Requests that may wait in the classifier's queue before new ones are refused with UNAVAILABLE:
