@@ -34,6 +34,12 @@ MAX_QUEUE_SIZE = 64
 #: may ask for less (allow_timeout_override), never for more.
 QUEUE_TIMEOUT_US = 3_000_000
 
+#: Classifier runtimes the writer knows (`accelerator=`), each a route Triton users have:
+#: None, ONNX Runtime's CPU provider (the fallback for every CPU); "openvino", Triton's OpenVINO
+#: backend on the same ONNX file (bfloat16 where the CPU has it); "onnxruntime-openvino", the
+#: ONNX Runtime backend with its OpenVINO execution accelerator (needs an onnxruntime built with it).
+ACCELERATORS = (None, "openvino", "onnxruntime-openvino")
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 
@@ -55,15 +61,28 @@ def classifier_config(name: str, *, max_batch_size: int = MAX_BATCH_SIZE,
                       max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                       max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_us: int = QUEUE_TIMEOUT_US,
                       instance_count: int = 2, intra_op_threads: int = 1,
-                      num_classes: int = len(CLASSES)) -> str:
-    """config.pbtxt text of `<name>_classifier` (backend onnxruntime, `1/model.onnx`)."""
+                      num_classes: int = len(CLASSES), accelerator: str | None = None,
+                      response_cache: bool = False) -> str:
+    """config.pbtxt text of `<name>_classifier` (`<v>/model.onnx`).
+
+    `accelerator` picks the runtime (ACCELERATORS): None is the onnxruntime backend on its CPU
+    provider; "openvino" the openvino backend on the same file with bfloat16 hinted; and
+    "onnxruntime-openvino" the onnxruntime backend with `cpu_execution_accelerator` "openvino".
+    `response_cache` adds `response_cache { enable: true }` (used only when the server runs with
+    `--cache-config`).
+    """
     _check_name(name)
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator {accelerator!r} is not one of {ACCELERATORS}")
     preferred = ", ".join(str(size) for size in preferred_batch_sizes)
+    backend = "openvino" if accelerator == "openvino" else "onnxruntime"
+    # The openvino backend's default file is model.xml; it reads the ONNX file as it is.
+    filename = 'default_model_filename: "model.onnx"\n' if backend == "openvino" else ""
     return f'''# Classifier `{name}`: ONNX, uint8 NHWC in (normalisation inside the graph), softmax out.
 # Written by export/model_repository.py; edit the writer, not this file.
 name: "{classifier_model_name(name)}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
+backend: "{backend}"
+{filename}max_batch_size: {max_batch_size}
 input [
   {{
     name: "{CLASSIFIER_INPUT}"
@@ -113,17 +132,68 @@ instance_group [
     kind: KIND_CPU
   }}
 ]
-# Understood by the native ONNX Runtime backend and by our stand-in alike.
+{_runtime_text(accelerator, intra_op_threads)}{_response_cache_text(response_cache)}'''
+
+
+def _runtime_text(accelerator: str | None, threads: int) -> str:
+    if accelerator == "openvino":
+        return f'''# Triton's OpenVINO backend keys (NVIDIA's container and our stand-in alike): one stream of
+# {threads} thread(s) per instance, the same layout as the ONNX Runtime instances above; bfloat16
+# inference precision where the CPU has AVX512_BF16 or AMX, float32 elsewhere (OpenVINO's choice).
+parameters [
+  {{
+    key: "INFERENCE_NUM_THREADS"
+    value: {{ string_value: "{threads}" }}
+  }},
+  {{
+    key: "NUM_STREAMS"
+    value: {{ string_value: "1" }}
+  }},
+  {{
+    key: "PERFORMANCE_HINT"
+    value: {{ string_value: "LATENCY" }}
+  }},
+  {{
+    key: "HINT_BF16"
+    value: {{ string_value: "YES" }}
+  }}
+]
+'''
+    text = f'''# Understood by the native ONNX Runtime backend and by our stand-in alike.
 parameters {{
   key: "intra_op_thread_count"
-  value: {{ string_value: "{intra_op_threads}" }}
+  value: {{ string_value: "{threads}" }}
 }}
+'''
+    if accelerator == "onnxruntime-openvino":
+        text += '''# ONNX Runtime's OpenVINO execution provider (device CPU; the native backend takes no options).
+optimization {
+  execution_accelerators {
+    cpu_execution_accelerator: [ { name: "openvino" } ]
+  }
+}
+'''
+    return text
+
+
+def _response_cache_text(enabled: bool) -> str:
+    if not enabled:
+        return ""
+    return '''# Answer a request whose inputs hash like an earlier one's from Triton's response cache
+# (server flag --cache-config local,size=N; without it this block does nothing).
+response_cache {
+  enable: true
+}
 '''
 
 
 def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    num_classes: int = len(CLASSES)) -> str:
-    """config.pbtxt text of the ensemble `<name>` (tta=False) or `<name>_tta` (tta=True)."""
+                    num_classes: int = len(CLASSES), response_cache: bool = False) -> str:
+    """config.pbtxt text of the ensemble `<name>` (tta=False) or `<name>_tta` (tta=True).
+
+    `response_cache`: a repeated photo (same bytes) is answered from the cache without running any
+    step (Triton caches top-level ensemble requests when every step supports caching).
+    """
     _check_name(name)
     classifier = classifier_model_name(name)
     preprocess_step = _step("preprocess", {"preprocess_input": ENSEMBLE_INPUT},
@@ -176,7 +246,7 @@ ensemble_scheduling {{
 {step_text}
   ]
 }}
-'''
+{_response_cache_text(response_cache)}'''
 
 
 def _step(model: str, inputs: dict, outputs: dict) -> str:
@@ -199,7 +269,7 @@ def write_classifier_config(repo_dir, name: str, **options) -> Path:
     return model_dir
 
 
-def write_ensemble_configs(repo_dir, name: str) -> list[Path]:
+def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = False) -> list[Path]:
     """Write the ensembles `<name>` and `<name>_tta` (config, labels, empty `1/`); return their dirs."""
     dirs = []
     for tta in (False, True):
@@ -207,16 +277,21 @@ def write_ensemble_configs(repo_dir, name: str) -> list[Path]:
         # Triton needs a version directory even for an ensemble; `.gitkeep` lets git carry it.
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         (model_dir / "1" / ".gitkeep").touch()
-        (model_dir / "config.pbtxt").write_text(ensemble_config(name, tta=tta))
+        (model_dir / "config.pbtxt").write_text(ensemble_config(name, tta=tta, response_cache=response_cache))
         write_labels(model_dir)
         dirs.append(model_dir)
     return dirs
 
 
-def write_model_configs(repo_dir, name: str, **classifier_options) -> list[Path]:
-    """Classifier config + both ensembles for `name`: everything except the ONNX file."""
+def write_model_configs(repo_dir, name: str, *, response_cache: bool = False,
+                        **classifier_options) -> list[Path]:
+    """Classifier config + both ensembles for `name`: everything except the ONNX file.
+
+    `response_cache` goes to the ensembles only: a hit there skips preprocess and classifier both,
+    and hashing the classifier's 150 KB pixel input as well would cost without adding a hit.
+    """
     return [write_classifier_config(repo_dir, name, **classifier_options),
-            *write_ensemble_configs(repo_dir, name)]
+            *write_ensemble_configs(repo_dir, name, response_cache=response_cache)]
 
 
 def next_version(model_dir) -> int:
