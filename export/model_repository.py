@@ -179,8 +179,9 @@ optimization {
 def _response_cache_text(enabled: bool) -> str:
     if not enabled:
         return ""
-    return '''# Answer a request whose inputs hash like an earlier one's from Triton's response cache
-# (server flag --cache-config local,size=N; without it this block does nothing).
+    return '''# A request whose inputs hash like an earlier one's (the same photo bytes in the same batch) is
+# answered from Triton's response cache without running a step; inert unless the server runs
+# with --cache-config local,size=N (RESPONSE_CACHE_BYTES for `python -m server.launch`).
 response_cache {
   enable: true
 }
@@ -188,11 +189,12 @@ response_cache {
 
 
 def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    num_classes: int = len(CLASSES), response_cache: bool = False) -> str:
+                    num_classes: int = len(CLASSES), response_cache: bool = True) -> str:
     """config.pbtxt text of the ensemble `<name>` (tta=False) or `<name>_tta` (tta=True).
 
-    `response_cache`: a repeated photo (same bytes) is answered from the cache without running any
-    step (Triton caches top-level ensemble requests when every step supports caching).
+    `response_cache`: a repeated request (same bytes) is answered from the cache without running
+    any step (Triton 2.51 caches top-level ensemble requests when every step supports caching:
+    tests/test_runtimes.py). Inert unless the server runs with `--cache-config`.
     """
     _check_name(name)
     classifier = classifier_model_name(name)
@@ -269,7 +271,7 @@ def write_classifier_config(repo_dir, name: str, **options) -> Path:
     return model_dir
 
 
-def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = False) -> list[Path]:
+def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True) -> list[Path]:
     """Write the ensembles `<name>` and `<name>_tta` (config, labels, empty `1/`); return their dirs."""
     dirs = []
     for tta in (False, True):
@@ -283,7 +285,7 @@ def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = False)
     return dirs
 
 
-def write_model_configs(repo_dir, name: str, *, response_cache: bool = False,
+def write_model_configs(repo_dir, name: str, *, response_cache: bool = True,
                         **classifier_options) -> list[Path]:
     """Classifier config + both ensembles for `name`: everything except the ONNX file.
 
