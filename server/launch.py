@@ -120,6 +120,9 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--allow-gpu-metrics=false",
+            # Latency quantiles (p50..p99.9) per model: the p95 alert and dashboard need them
+            # (monitoring/, docs/OPERATIONS.md); 2.51 exports only cumulative counters otherwise.
+            "--metrics-config=summary_latencies=true",
             f"--exit-on-error={'true' if self.strict else 'false'}",
             f"--strict-readiness={'true' if self.strict else 'false'}",
             # Bounded shutdown: in-flight requests get 10 s, then the process exits anyway.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -19,8 +18,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from benchmarks.runtimes import agreement, compare_outputs, cpu_bf16_flags
-from conftest import MODEL_REPOSITORY, SHARED_MODELS
-from export.model_repository import classifier_config, write_dev_classifier, write_model_configs
+from conftest import MODEL_REPOSITORY
+from export.model_repository import classifier_config, write_dev_classifier, write_repository
 from server.launch import TritonServer
 from test_server import _fake_pb_utils, jpeg
 
@@ -123,13 +122,16 @@ def test_onnxruntime_standin_execution_accelerators_follow_the_native_backend(mo
 def test_writer_routes_are_chosen_by_one_option():
     plain = classifier_config("x")
     assert 'backend: "onnxruntime"' in plain and "execution_accelerators" not in plain
-    openvino = classifier_config("x", accelerator="openvino")
+    openvino = classifier_config("x", backend="openvino")
     assert 'backend: "openvino"' in openvino and 'default_model_filename: "model.onnx"' in openvino
-    assert 'key: "HINT_BF16"' in openvino and "intra_op_thread_count" not in openvino
-    ort_openvino = classifier_config("x", accelerator="onnxruntime-openvino")
-    assert 'backend: "onnxruntime"' in ort_openvino and 'cpu_execution_accelerator: [ { name: "openvino" } ]' in ort_openvino
-    with pytest.raises(ValueError, match="accelerator"):
-        classifier_config("x", accelerator="tensorrt")
+    assert 'key: "HINT_BF16"' in openvino and 'key: "INFERENCE_NUM_THREADS"' in openvino
+    assert "intra_op_thread_count" not in openvino
+    ort_openvino = classifier_config("x", accelerator="openvino")
+    assert 'backend: "onnxruntime"' in ort_openvino and 'name: "openvino"' in ort_openvino
+    with pytest.raises(ValueError, match="backend"):
+        classifier_config("x", backend="tensorrt")
+    with pytest.raises(ValueError, match="onnxruntime backend"):
+        classifier_config("x", backend="openvino", accelerator="openvino")
 
 
 def test_compare_outputs_bookkeeping():
@@ -175,14 +177,11 @@ CACHE_BYTES = 1 << 20
 @pytest.fixture(scope="module")
 def runtime_server(tmp_path_factory):
     """Shared models + `dev` (onnxruntime) and `devov` (openvino, same ONNX file), ensembles cached."""
-    repo = tmp_path_factory.mktemp("runtime_repository")
-    for name in SHARED_MODELS:
-        shutil.copytree(MODEL_REPOSITORY / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    onnx = write_dev_classifier(repo, "dev")
-    write_model_configs(repo, "dev", response_cache=True)
-    write_model_configs(repo, "devov", response_cache=True, accelerator="openvino")
-    (repo / "devov_classifier" / "1").mkdir()
-    shutil.copyfile(onnx, repo / "devov_classifier" / "1" / "model.onnx")
+    tmp = tmp_path_factory.mktemp("runtime_repository")
+    onnx = write_dev_classifier(tmp / "onnx", "dev")
+    # The ensembles' response cache is the writer's default; the server turns the cache on.
+    repo = write_repository(tmp / "repo", {"dev": onnx})
+    write_repository(repo, {"devov": onnx}, classifier={"backend": "openvino"})
     with TritonServer(repo, cache_bytes=CACHE_BYTES) as server:
         yield server
 
