@@ -1,19 +1,17 @@
 """Shared server fixtures: `dev_server` (random-weight classifier `dev`) and `prod_server`."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from export.model_repository import write_dev_classifier, write_model_configs
+from contract import DEFAULT_MODEL, classifier_model
+from export.model_repository import write_repository
 from server.launch import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-PROD_MODEL = MODEL_REPOSITORY / "effnet_lite0_classifier" / "1" / "model.onnx"
-#: Models of the committed repository every classifier's ensembles need.
-SHARED_MODELS = ("preprocess", "tta_flip", "tta_mean")
+PROD_MODEL = MODEL_REPOSITORY / classifier_model(DEFAULT_MODEL) / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +21,7 @@ def dev_server(tmp_path_factory):
     The classifier has random weights, so tests check mechanics (wiring, batching, errors), never
     accuracy. The repository is a temporary copy: the committed one is never written to.
     """
-    repo = tmp_path_factory.mktemp("dev_model_repository")
-    for name in SHARED_MODELS:
-        shutil.copytree(MODEL_REPOSITORY / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    write_dev_classifier(repo, "dev")
-    write_model_configs(repo, "dev")
+    repo = write_repository(tmp_path_factory.mktemp("dev_model_repository"), dev=["dev"])
     with TritonServer(repo) as server:
         yield server
 
