@@ -9,23 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any, List, Optional
 
-from . import __version__
+from . import DEFAULT_TOP_K, __version__
 from ._client import Classifier
-from ._contract import DEFAULT_MODEL
+from ._settings import add_connection_arguments, settings_from_args
 from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, LocalEngine
 from ._errors import ClassifierError
-from ._sources import MAX_BYTES
 from .score import render_report, score, wait_until_ready
 
 EXIT_OK, EXIT_ERROR_ROWS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 # Below this many images the per-image table is printed unless --no-table.
 AUTO_TABLE_MAX = 50
-DEFAULT_TOP_K = 3
 
 EXIT_CODES = """\
 exit codes:
@@ -50,10 +47,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of the ``score`` command on ``parser``.
 
@@ -69,18 +62,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder (walked recursively), file, s3:// gs:// az:// prefix, or http(s):// URL")
     parser.add_argument("--files-from", metavar="FILE",
                         help="also score the paths/URLs listed in FILE, one per line ('-': stdin)")
-    server = parser.add_argument_group("server")
-    server.add_argument("--url", default=_env("WASTE_URL", "localhost:8001"),
-                        help="host:port, or several comma-separated ($WASTE_URL)")
-    server.add_argument("--protocol", choices=("grpc", "http"), default=_env("WASTE_PROTOCOL", "grpc"),
-                        help="($WASTE_PROTOCOL)")
-    server.add_argument("--model", default=_env("WASTE_MODEL", DEFAULT_MODEL), help="($WASTE_MODEL)")
-    server.add_argument("--model-version", default="", help="default: the server's choice")
-    server.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
     # 40 retries with backoff capped at 5 s wait about 1.5 min on average:
     # enough for a server restart to pause the job instead of failing rows.
-    server.add_argument("--retries", type=int, default=40, help="retries of a transient server error")
-    server.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the server at start")
+    add_connection_arguments(parser, retries=40)
+    parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the server at start")
 
     job = parser.add_argument_group("job")
     job.add_argument("--out", default="results.csv", help="results.csv or results.jsonl (resumable)")
@@ -132,16 +117,16 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
     if args.engine == "local":
         return LocalEngine(classifier, top_k=args.top_k, in_flight=args.in_flight,
-                           batch_size=args.batch_size, max_bytes=MAX_BYTES)
+                           batch_size=args.batch_size, max_bytes=classifier.settings.max_bytes)
     try:
         from ._ray import RayEngine
     except ImportError as exc:
         raise ClassifierError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})",
                               "INVALID_ARGUMENT") from exc
-    return RayEngine(classifier.urls, args.protocol, args.model, args.top_k, actors=args.actors,
-                     in_flight=args.in_flight, batch_size=args.batch_size, max_bytes=MAX_BYTES,
-                     ray_address=args.ray_address, version=args.model_version,
-                     timeout=args.timeout, retries=args.retries)
+    s = classifier.settings
+    return RayEngine(s.urls, s.protocol, s.model, args.top_k, actors=args.actors, in_flight=args.in_flight,
+                     batch_size=args.batch_size, max_bytes=s.max_bytes, ray_address=args.ray_address,
+                     verbose=args.verbose, settings=s)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -172,8 +157,8 @@ def run_score(args: argparse.Namespace) -> int:
     progress = not (args.no_progress or args.quiet or args.json) and sys.stderr.isatty()
     engine = None
     try:
-        with Classifier(args.url, protocol=args.protocol, model=args.model, version=args.model_version,
-                        timeout=args.timeout, retries=args.retries, concurrency=args.in_flight) as classifier:
+        settings = settings_from_args(args, concurrency=args.in_flight)
+        with Classifier(settings=settings) as classifier:
             try:
                 wait_until_ready(classifier, args.wait)
             except ClassifierError as exc:
@@ -181,7 +166,7 @@ def run_score(args: argparse.Namespace) -> int:
             engine = _make_engine(args, classifier)
             summary = score(
                 engine, args.out, source=args.source, files_from=args.files_from,
-                model=args.model, model_version=args.model_version, top_k=args.top_k,
+                model=settings.model, model_version=settings.version, top_k=args.top_k,
                 min_score=args.min_score, shard=args.shard, follow_symlinks=args.follow_symlinks,
                 retry_errors=args.retry_errors, append_source=args.append_source,
                 labels_from_folders=args.labels_from_folders, progress=progress, keep_rows=keep,
