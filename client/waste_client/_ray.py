@@ -32,28 +32,24 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ._client import Classifier
+from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, Outcome, Pair, classify_chunk
 from ._errors import ClassifierError, to_classifier_error
 from ._prediction import Prediction
+from ._settings import DEFAULT_TOP_K, ClientSettings, resolve
 
 logger = logging.getLogger(__name__)
 
-Outcome = Union[Prediction, ClassifierError]
-
-# Defaults are not yet measured on a cluster (docs/SCALING.md says how to choose them):
-# two actors keep one Triton server busy while a batch's slowest photo is awaited,
-# and 8 requests in flight per actor is what one scorer process needs against one
-# 2-core server (BENCHMARKS.md, bulk scorer rows).
+#: Actors in the pool; not yet measured on a cluster (docs/SCALING.md says how to choose).
+#: ``in_flight`` (requests outstanding per actor) and ``batch_size`` (photos per request)
+#: mean what they mean for the local engine and share its defaults.
 DEFAULT_ACTORS = 2
-DEFAULT_IN_FLIGHT = 8
-#: Identities per ``__call__`` of an actor (Ray Data's ``batch_size``).
-DEFAULT_BATCH_SIZE = 32
 #: Identities per Ray Data pipeline: bounds the driver's memory on ten million
-#: sources; each window starts its actors again (about a second each).
+#: sources; each window starts its actors again (seconds: see docs/SCALING.md).
 DEFAULT_WINDOW = 50_000
 #: CPUs Ray reserves per actor: an actor mostly waits on the network; the
 #: image work is done by the Triton servers.
@@ -75,44 +71,23 @@ def _decode(data: Any) -> str:
     return bytes(data).decode(*_ENCODING)
 
 
-try:  # helper C's sources module: local paths and object stores through fsspec
-    from ._sources import read_source
-except ImportError:  # pragma: no cover - TODO(H): remove once _sources.py is on main
-    def read_source(identity: str, max_bytes: int) -> bytes:
-        """Minimal local-file stand-in for ``_sources.read_source`` (to be replaced)."""
-        try:
-            size = os.path.getsize(identity)
-            if size > max_bytes:
-                raise ClassifierError(
-                    f"{identity!r} is {size} bytes, over the {max_bytes}-byte limit", "INVALID_ARGUMENT")
-            with open(identity, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise ClassifierError(f"no such file: {identity!r}", "FILE_NOT_FOUND") from None
-
-
 class _ClassifyActor:
     """One Ray Data actor: a client to the Triton servers, reused for every batch.
 
     Parameters
     ----------
-    urls : list of str
-    protocol, model : str
-    top_k, in_flight, max_bytes : int
-    client_options : dict
-        More keyword arguments of :class:`~waste_client.Classifier`.
+    settings : ClientSettings
+        Resolved in the driver (its options and ``WASTE_*`` environment), so every actor
+        talks to the same servers the same way whatever its node's environment says.
+    top_k, in_flight, batch_size, max_bytes : int
+        As :class:`RayEngine`.
     """
 
-    def __init__(self, urls: List[str], protocol: str, model: str, top_k: int, in_flight: int,
-                 max_bytes: int, client_options: Dict[str, Any]):
-        self.top_k = top_k
-        self.in_flight = in_flight
-        self.max_bytes = max_bytes
-        self.classifier = Classifier(urls, protocol=protocol, model=model, concurrency=in_flight,
-                                     **client_options)
+    def __init__(self, settings: ClientSettings, top_k: int, in_flight: int, batch_size: int,
+                 max_bytes: int):
+        self.top_k, self.batch_size, self.max_bytes = top_k, batch_size, max_bytes
+        self.classifier = Classifier(settings=settings.replace(concurrency=in_flight))
         self.pool = ThreadPoolExecutor(in_flight, thread_name_prefix="waste-ray")
-        # Several photos per request once the client can (helper B's classify_batch).
-        self.batched = hasattr(self.classifier, "classify_batch")
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Score one batch of identities; every identity gets exactly one row back.
@@ -120,7 +95,7 @@ class _ClassifyActor:
         Parameters
         ----------
         batch : dict
-            ``{"identity": array of bytes}``.
+            ``{"identity": array of bytes}``: up to ``in_flight`` requests' worth.
 
         Returns
         -------
@@ -130,54 +105,35 @@ class _ClassifyActor:
             (bytes, as an error message may carry a non-UTF-8 name).
         """
         identities = [_decode(b) for b in batch["identity"]]
-        # Split the batch so that `in_flight` requests run at once.
-        size = max(1, math.ceil(len(identities) / self.in_flight))
-        chunks = [identities[i:i + size] for i in range(0, len(identities), size)]
-        outcomes: List[Outcome] = []
+        chunks = [identities[i:i + self.batch_size] for i in range(0, len(identities), self.batch_size)]
+        pairs: List[Pair] = []
         for part in self.pool.map(self._score_chunk, chunks):
-            outcomes.extend(part)
-        return _to_columns(identities, outcomes)
+            pairs.extend(part)
+        return _to_columns(pairs)
 
-    def _score_chunk(self, identities: Sequence[str]) -> List[Outcome]:
-        outcomes: List[Optional[Outcome]] = [None] * len(identities)
-        todo, datas = [], []
-        for i, identity in enumerate(identities):
-            try:
-                datas.append(read_source(identity, self.max_bytes))
-                todo.append(i)
-            except Exception as exc:  # noqa: BLE001 - a bad source is that one row's error
-                outcomes[i] = to_classifier_error(exc)
-        if self.batched and datas:
-            answers = self.classifier.classify_batch(datas, top_k=self.top_k)
-        else:
-            answers = [self._classify_one(data) for data in datas]
-        for i, answer in zip(todo, answers):
-            outcomes[i] = answer
-        return outcomes  # type: ignore[return-value]
-
-    def _classify_one(self, data: bytes) -> Outcome:
+    def _score_chunk(self, identities: List[str]) -> List[Pair]:
         try:
-            return self.classifier.classify(data, top_k=self.top_k)
-        except Exception as exc:  # noqa: BLE001 - every item gets its own outcome
-            return to_classifier_error(exc)
+            return classify_chunk(self.classifier, identities, self.top_k, self.max_bytes)
+        except Exception as exc:  # noqa: BLE001 - never lose a chunk's photos
+            error = to_classifier_error(exc)
+            return [(identity, error) for identity in identities]
 
 
-def _to_columns(identities: List[str], outcomes: List[Outcome]) -> Dict[str, np.ndarray]:
-    rows: Dict[str, list] = {k: [] for k in ("label", "score", "top_k", "model", "version", "status", "message")}
-    for outcome in outcomes:
+def _to_columns(pairs: List[Pair]) -> Dict[str, np.ndarray]:
+    names = ("identity", "label", "score", "top_k", "model", "version", "status", "message")
+    rows: Dict[str, list] = {name: [] for name in names}
+    for identity, outcome in pairs:
         if isinstance(outcome, Prediction):
-            values = (outcome.label, outcome.score, json.dumps(outcome.top_k), outcome.model,
-                      outcome.version, "", b"")
+            values = (_encode(identity), outcome.label, outcome.score, json.dumps(outcome.top_k),
+                      outcome.model, outcome.version, "", b"")
         else:
-            values = ("", 0.0, "[]", "", "", outcome.status, _encode(outcome.message))
-        for key, value in zip(rows, values):
-            rows[key].append(value)
-    columns = {"identity": np.array([_encode(i) for i in identities], dtype=object)}
-    columns.update({k: np.array(v, dtype=np.float64 if k == "score" else object) for k, v in rows.items()})
-    return columns
+            values = (_encode(identity), "", 0.0, "[]", "", "", outcome.status, _encode(outcome.message))
+        for name, value in zip(names, values):
+            rows[name].append(value)
+    return {k: np.array(v, dtype=np.float64 if k == "score" else object) for k, v in rows.items()}
 
 
-def _from_columns(batch: Dict[str, np.ndarray]) -> Iterator[Tuple[str, Outcome]]:
+def _from_columns(batch: Dict[str, np.ndarray]) -> Iterator[Pair]:
     for i, raw in enumerate(batch["identity"]):
         identity = _decode(raw)
         status = str(batch["status"][i])
@@ -194,23 +150,28 @@ class RayEngine:
 
     Parameters
     ----------
-    urls : str or sequence of str
-        Triton servers (``host:port``), all given to every actor.
-    protocol : {"grpc", "http"}
-    model : str
+    urls : str or sequence of str, optional
+        Triton servers (``host:port``), all given to every actor; default from ``settings``
+        or ``$WASTE_URL``.
+    protocol, model : str, optional
+        Default from ``settings`` or the ``WASTE_*`` environment.
     top_k : int
     actors : int
         Actors in the pool (Ray Data ``ActorPoolStrategy(size=actors)``).
     in_flight : int
         Requests outstanding at once per actor.
     batch_size : int
-        Identities per actor call (Ray Data ``batch_size``).
-    max_bytes : int
-        Larger sources become ``INVALID_ARGUMENT`` results without being read.
+        Photos per request; an actor call gets ``in_flight * batch_size`` identities.
+    max_bytes : int, optional
+        Larger sources become ``INVALID_ARGUMENT`` results without being read; default
+        ``settings.max_bytes`` (what the server accepts).
     ray_address : str, optional
-        Cluster to join; default ``$RAY_ADDRESS``, and without it a local Ray
-        is started for this engine and stopped by :meth:`close`. When Ray is
-        already initialised in this process, that connection is used.
+        Cluster to join; default ``$RAY_ADDRESS``, and without it a local Ray is started
+        for this engine and stopped by :meth:`close`. When Ray is already initialised in
+        this process, that connection is used as it is.
+    settings : ClientSettings, optional
+        Connection settings (TLS, auth, retries...); None reads the ``WASTE_*`` environment
+        of this process. Resolved here and shipped to the actors as they are.
     window : int
         Identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`).
     actor_cpus : float
@@ -218,35 +179,34 @@ class RayEngine:
     verbose : bool
         Let Ray show its logs and progress bars (quiet otherwise).
     **client_options
-        More keyword arguments of :class:`~waste_client.Classifier`
-        (``version``, ``timeout``, ``retries``, ...), used in every actor.
+        Any other field of :class:`ClientSettings` (``version``, ``timeout``, ``retries``, ...).
 
     Raises
     ------
     ClassifierError
-        ``INVALID_ARGUMENT`` for a bad option, ``FAILED_PRECONDITION`` when
-        Ray is not installed (``pip install 'waste-client[ray]'``),
-        ``UNAVAILABLE`` when the cluster cannot be joined.
+        ``INVALID_ARGUMENT`` for a bad option, ``FAILED_PRECONDITION`` when Ray Data is not
+        installed (``pip install 'waste-client[ray]'``), ``UNAVAILABLE`` when Ray cannot be
+        started or joined.
     """
 
-    def __init__(self, urls: Union[str, Sequence[str]], protocol: str = "grpc", model: str = "effnet_lite0",
-                 top_k: int = 3, actors: int = DEFAULT_ACTORS, in_flight: int = DEFAULT_IN_FLIGHT,
-                 batch_size: int = DEFAULT_BATCH_SIZE, max_bytes: int = 32 * 1024 * 1024,
-                 ray_address: Optional[str] = None, *, window: int = DEFAULT_WINDOW,
+    def __init__(self, urls: Union[str, Sequence[str], None] = None, protocol: Optional[str] = None,
+                 model: Optional[str] = None, top_k: int = DEFAULT_TOP_K, actors: int = DEFAULT_ACTORS,
+                 in_flight: int = DEFAULT_IN_FLIGHT, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_bytes: Optional[int] = None, ray_address: Optional[str] = None, *,
+                 settings: Optional[ClientSettings] = None, window: int = DEFAULT_WINDOW,
                  actor_cpus: float = DEFAULT_ACTOR_CPUS, verbose: bool = False, **client_options: Any):
+        self.settings = resolve(settings, urls, dict(protocol=protocol, model=model, **client_options))
+        max_bytes = self.settings.max_bytes if max_bytes is None else max_bytes
         for name, value in (("actors", actors), ("in_flight", in_flight), ("batch_size", batch_size),
                             ("window", window), ("top_k", top_k), ("max_bytes", max_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ClassifierError(f"{name} must be a positive int, not {value!r}", "INVALID_ARGUMENT")
-        # Builds (and so validates) the client options here, in the driver, so a bad
-        # option is one clear error instead of an actor that fails on every restart.
-        Classifier(urls, protocol=protocol, model=model, **client_options).close()
-        self.urls = [u.strip() for u in (urls.split(",") if isinstance(urls, str) else urls) if u.strip()]
-        self.protocol, self.model, self.top_k = protocol, model, top_k
-        self.actors, self.in_flight, self.batch_size = actors, in_flight, batch_size
+        # A client built here checks the settings once, in the driver, instead of in every
+        # actor (where a bad option would fail each restart again).
+        Classifier(settings=self.settings).close()
+        self.top_k, self.actors, self.in_flight, self.batch_size = top_k, actors, in_flight, batch_size
         self.max_bytes, self.window, self.actor_cpus = max_bytes, window, actor_cpus
         self.verbose = verbose
-        self.client_options = dict(client_options)
         self._ray = _import_ray()
         self._owns_ray = False
         self._connect(ray_address)
@@ -284,7 +244,7 @@ class RayEngine:
         logger.info("Ray %s: %s", "joined" if address else "started locally",
                     ray.cluster_resources())
 
-    def results(self, identities: Iterable[str]) -> Iterator[Tuple[str, Outcome]]:
+    def results(self, identities: Iterable[str]) -> Iterator[Pair]:
         """Score ``identities``; yield ``(identity, Prediction or ClassifierError)`` as they finish.
 
         ``identities`` is consumed lazily, one window at a time, so listing and
@@ -313,7 +273,7 @@ class RayEngine:
                 return
             yield from self._run_window(window)
 
-    def _run_window(self, window: List[str]) -> Iterator[Tuple[str, Outcome]]:
+    def _run_window(self, window: List[str]) -> Iterator[Pair]:
         missing = set(window)
         failed_passes = 0
         while missing:
@@ -338,21 +298,21 @@ class RayEngine:
                 raise ClassifierError(f"the Ray pipeline failed {failed_passes} times in a row without "
                                       f"a result{reason}", "UNAVAILABLE")
 
-    def _pipeline(self, identities: List[str]) -> Iterator[Tuple[str, Outcome]]:
+    def _pipeline(self, identities: List[str]) -> Iterator[Pair]:
         ray = self._ray
-        # One block per batch: results reach the driver (and its file) batch by batch,
-        # and an actor killed mid-job costs Ray only its few queued batches.
-        blocks = math.ceil(len(identities) / self.batch_size)
+        per_call = self.in_flight * self.batch_size
+        # One block per actor call: results reach the driver (and its file) call by call,
+        # and an actor killed mid-job costs Ray only its few queued calls.
+        blocks = math.ceil(len(identities) / per_call)
         ds = ray.data.from_items([{"identity": _encode(i)} for i in identities], override_num_blocks=blocks)
         ds = ds.map_batches(
             _ClassifyActor,
             fn_constructor_kwargs={
-                "urls": self.urls, "protocol": self.protocol, "model": self.model, "top_k": self.top_k,
-                "in_flight": self.in_flight, "max_bytes": self.max_bytes,
-                "client_options": self.client_options,
+                "settings": self.settings, "top_k": self.top_k, "in_flight": self.in_flight,
+                "batch_size": self.batch_size, "max_bytes": self.max_bytes,
             },
             compute=ray.data.ActorPoolStrategy(size=self.actors),
-            batch_size=self.batch_size,
+            batch_size=per_call,
             batch_format="numpy",
             num_cpus=self.actor_cpus,
         )
