@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.measure import CpuMeter, Row
-
-INPUT_NAME, OUTPUT_NAME = "classifier_input", "classifier_output"
+from contract import CLASSIFIER_INPUT as INPUT_NAME
+from contract import CLASSIFIER_OUTPUT as OUTPUT_NAME
 #: /proc/cpuinfo flags under which OpenVINO's CPU plugin runs bfloat16 natively.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
