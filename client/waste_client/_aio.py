@@ -6,6 +6,7 @@ import asyncio
 import os
 from typing import Any, AsyncIterable, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Union
 
+from ._contract import DEFAULT_MODEL
 from ._errors import ClassifierError, to_classifier_error
 from ._prediction import ModelInfo, Prediction, Result
 from ._request import (
@@ -78,7 +79,7 @@ class AsyncClassifier:
         self,
         url: Union[str, Sequence[str]],
         protocol: str = "grpc",
-        model: str = "effnet_lite0",
+        model: str = DEFAULT_MODEL,
         version: str = "",
         timeout: float = 30.0,
         retries: int = 3,

@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
+from ._contract import DEFAULT_MODEL
 from ._errors import ClassifierError, to_classifier_error
 from ._prediction import ModelInfo, Prediction, Result
 from ._request import (
@@ -72,7 +73,7 @@ class Classifier:
         self,
         url: Union[str, Sequence[str]],
         protocol: str = "grpc",
-        model: str = "effnet_lite0",
+        model: str = DEFAULT_MODEL,
         version: str = "",
         timeout: float = 30.0,
         retries: int = 3,

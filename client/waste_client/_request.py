@@ -9,12 +9,13 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, parse_classification
 
-# Names fixed by docs/CONTRACT.md; the ensembles all share them.
-INPUT_NAME = "image_bytes"
-OUTPUT_NAME = "probabilities"
+# Names fixed by the contract (_contract.py); the ensembles all share them.
+INPUT_NAME = ENSEMBLE_INPUT
+OUTPUT_NAME = ENSEMBLE_OUTPUT
 PROTOCOLS = ("grpc", "http")
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, List, Set
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+from ._contract import IMAGE_EXTENSIONS
 
 
 def is_image_name(name: str) -> bool:

@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from ._client import Classifier
+from ._contract import DEFAULT_MODEL
 from ._errors import ClassifierError
 from .score import render_report, score_folder, wait_until_ready
 
@@ -36,7 +37,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("WASTE_URL", "localhost:8001"),
                         help="server host:port, or several comma-separated (default: $WASTE_URL or localhost:8001)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--model", default="effnet_lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--model-version", default="", help="default: the server's choice")
     parser.add_argument("--out", default="results.csv", help="results.csv or results.jsonl (appended, resumable)")
     parser.add_argument("--in-flight", type=int, default=16, help="requests outstanding at once")
