@@ -22,6 +22,8 @@ from contract import (CHANNELS, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, DEFAULT_MOD
                       TTA_MEAN_OUTPUT, classifier_model, tta_model)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+#: Classifier backends (Serving.backend); both read `<version>/model.onnx`.
+BACKENDS = ("onnxruntime", "openvino")
 #: A request still queued after this long is refused (UNAVAILABLE) rather than answered after its
 #: client gave up; clients may ask for less (allow_timeout_override), never for more.
 QUEUE_TIMEOUT_US = 3_000_000
@@ -51,6 +53,10 @@ class Serving:
         Queue bound (``default_queue_policy``); None leaves the queue unbounded.
     queue_timeout_us : int
         A queued request older than this is refused (UNAVAILABLE).
+    backend : str
+        The classifier's runtime (BACKENDS): ``"onnxruntime"`` (ONNX Runtime's CPU provider, the
+        fallback for every CPU) or ``"openvino"`` (Triton's OpenVINO backend on the same ONNX file,
+        ``threads`` per stream, bfloat16 hinted: used where the CPU has AVX512_BF16 or AMX).
     accelerator : str or None
         A CPU execution accelerator of the ONNX Runtime backend, e.g. ``"openvino"``.
     accelerator_parameters : dict
@@ -64,6 +70,7 @@ class Serving:
 
     instances: int = 1
     threads: int | None = None
+    backend: str = "onnxruntime"
     max_batch_size: int = MAX_BATCH_SIZE
     batching: bool = True
     preferred_batch_sizes: tuple = ()
@@ -114,11 +121,17 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
     """
     check_name(name)
     s = serving.with_options(**options)
+    if s.backend not in BACKENDS:
+        raise ValueError(f"backend {s.backend!r} is not one of {BACKENDS}")
+    if s.backend == "openvino" and (s.accelerator or s.warmup):
+        raise ValueError("accelerator and warmup are options of the onnxruntime backend")
     measured = name == DEFAULT_MODEL and s == CLASSIFIER
     head = [f"# Classifier `{name}`: ONNX, uint8 NHWC in (normalisation inside the graph), softmax out.",
             "# Written by export/model_repository.py; edit the writer, not this file.",
             f'name: "{classifier_model(name)}"',
-            'backend: "onnxruntime"',
+            f'backend: "{s.backend}"',
+            # The openvino backend's default file is model.xml; it reads the ONNX file as it is.
+            'default_model_filename: "model.onnx"' if s.backend == "openvino" else "",
             f"max_batch_size: {s.max_batch_size}",
             _tensors("input", [(CLASSIFIER_INPUT, "TYPE_UINT8", [INPUT_SIZE, INPUT_SIZE, CHANNELS], None)]),
             _tensors("output", [(CLASSIFIER_OUTPUT, "TYPE_FP32", [NUM_CLASSES], LABELS_FILE)])]
@@ -132,7 +145,9 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
         "# against 3r (16 in flight) and 3s (1 in flight, the price: one request uses one core).",
     ] if measured else []
     parts = head + [_batching(s, why_batching), _instances(s, why_instances)]
-    if s.threads is not None:
+    if s.backend == "openvino":
+        parts.append(_openvino_parameters(s))
+    elif s.threads is not None:
         parts.append("# Understood by the native ONNX Runtime backend and by our stand-in alike.\n"
                      'parameters {\n  key: "intra_op_thread_count"\n'
                      f'  value: {{ string_value: "{s.threads}" }}\n}}')
@@ -143,7 +158,7 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
 
 
 def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    response_cache: bool = False) -> str:
+                    response_cache: bool = True) -> str:
     """config.pbtxt text of the ensemble ``<name>`` (tta=False) or ``<name>_tta`` (tta=True).
 
     Parameters
@@ -155,7 +170,9 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
     max_batch_size : int
         May not exceed any step's limit.
     response_cache : bool
-        Cache whole ensemble responses (identical image bytes are answered without running a step).
+        Cache whole ensemble responses (identical image bytes are answered without running a step;
+        Triton 2.51 does so when every step supports caching: tests/test_runtimes.py). Inert unless
+        the server runs with ``--cache-config``, so on by default.
 
     Returns
     -------
@@ -194,7 +211,10 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
         f"ensemble_scheduling {{\n  step [\n{step_text}\n  ]\n}}",
     ]
     if response_cache:
-        parts.append("response_cache {\n  enable: true\n}")
+        parts.append("# A request hashing like an earlier one (the same photo bytes in the same batch) is answered\n"
+                     "# from Triton's response cache without running a step; inert unless the server runs with\n"
+                     "# --cache-config local,size=N (RESPONSE_CACHE_BYTES for `python -m server.launch`).\n"
+                     "response_cache {\n  enable: true\n}")
     return _join(parts)
 
 
@@ -327,6 +347,17 @@ def _accelerator(s: Serving) -> list[str]:
                      for k, v in s.accelerator_parameters.items())
     return ["optimization {\n  execution_accelerators {\n    cpu_execution_accelerator: [\n"
             f'      {{\n        name: "{s.accelerator}"{params}\n      }}\n    ]\n  }}\n}}']
+
+
+def _openvino_parameters(s: Serving) -> str:
+    # One stream per instance, like one ORT session per instance: parallelism comes from instances.
+    values = {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY", "HINT_BF16": "YES"}
+    if s.threads is not None:
+        values = {"INFERENCE_NUM_THREADS": str(s.threads), **values}
+    entries = ",\n".join(f'  {{\n    key: "{k}"\n    value: {{ string_value: "{v}" }}\n  }}' for k, v in values.items())
+    return ("# Triton's OpenVINO backend keys (NVIDIA's container and our stand-in alike). HINT_BF16:\n"
+            "# bfloat16 where the CPU has AVX512_BF16 or AMX; OpenVINO keeps float32 elsewhere.\n"
+            f"parameters [\n{entries}\n]")
 
 
 def _cache(s: Serving) -> list[str]:

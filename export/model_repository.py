@@ -86,7 +86,7 @@ def write_classifier_config(repo_dir, name: str, **options) -> Path:
     return _write_config(Path(repo_dir) / classifier_model(name), classifier_config(name, **options), True)
 
 
-def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = False) -> list[Path]:
+def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True) -> list[Path]:
     """Write the ensembles `<name>` and `<name>_tta` (config, labels, empty `1/`); return their dirs."""
     dirs = []
     for tta in (False, True):

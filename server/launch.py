@@ -1,8 +1,9 @@
 """Run the bundled tritonserver on a model repository: `TritonServer` for tests, `python -m server.launch`.
 
 `python -m server.launch` serves in the foreground with ports from HTTP_PORT / GRPC_PORT /
-METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repository`) and the bind
-address from HOST (127.0.0.1; a container sets 0.0.0.0).
+METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repository`), the bind
+address from HOST (127.0.0.1; a container sets 0.0.0.0) and the response cache's size in bytes from
+RESPONSE_CACHE_BYTES (0, the default: no cache).
 
 tritonserver 2.51 has no flag limiting the request size, so the limits live in the preprocess
 model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels).
@@ -59,6 +60,9 @@ class TritonServer:
         More tritonserver flags, appended last so they override ours.
     keep_log : bool
         Keep the server log file after stop() (`log_path()`); tests leave it False.
+    cache_bytes : int
+        Size of Triton's `local` response cache (`--cache-config local,size=N`), allocated in CPU
+        memory at start and shared by every model whose config enables `response_cache`; 0: none.
     supervise : bool
         Watch the server and its Python backend stubs and restart tritonserver (same ports) when
         either dies. tritonserver 2.51 neither restarts a dead stub nor reports the model unready
@@ -69,7 +73,7 @@ class TritonServer:
     def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
                  timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = (),
-                 keep_log: bool = False, supervise: bool = False):
+                 keep_log: bool = False, supervise: bool = False, cache_bytes: int = 0):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.strict = strict
@@ -81,6 +85,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
         self.supervise = supervise
+        self.cache_bytes = int(cache_bytes)
         self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._log = None
@@ -123,6 +128,7 @@ class TritonServer:
             # Bounded shutdown: in-flight requests get 10 s, then the process exits anyway.
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
+            *([f"--cache-config=local,size={self.cache_bytes}"] if self.cache_bytes > 0 else []),
             *self.extra_args,
         ]
 
@@ -370,6 +376,7 @@ def main() -> int:
         strict=False,
         keep_log=True,
         supervise=True,
+        cache_bytes=int(os.environ.get("RESPONSE_CACHE_BYTES", "0")),
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
