@@ -26,7 +26,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml client/pyproject.toml scripts/install_test_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e "./client[grpc,http,s3]" -e ".[train,load,app,test]"
+	$(PY) -m pip install -q -e "./client[grpc,http,s3,ray]" -e ".[train,load,app,test]"
 	bash scripts/install_test_deps.sh
 	touch $(STAMP)
 

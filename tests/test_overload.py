@@ -158,5 +158,5 @@ def test_overload_sheds_with_unavailable_and_recovers(small_queue_server, tmp_pa
 
     assert not scorer.is_alive() and summaries[0].errors == 0
     rows = read_results(str(out))
-    assert sorted(r["path"] for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.iterdir())
     shutil.rmtree(folder)
