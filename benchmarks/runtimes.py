@@ -233,14 +233,16 @@ def main(argv=None) -> int:
         print(json.dumps(record))
         return 0
 
-    from benchmarks.run import DEFAULT_MODEL
+    from contract import DEFAULT_MODEL, classifier_model
+    from export.model_repository import COMMITTED, latest_version
     from export.quantize import split_items
     from training.labels import CLASSES
 
     items = split_items(args.split, limit=args.limit or None)
     images = [path.read_bytes() for path, _ in items]
     labels = [CLASSES.index(label) for _, label in items]
-    record = agreement(args.model or DEFAULT_MODEL, images, labels, threads=args.threads,
+    model = args.model or latest_version(COMMITTED / classifier_model(DEFAULT_MODEL))
+    record = agreement(model, images, labels, threads=args.threads,
                        bf16=not args.no_bf16)
     record["split"] = args.split
     print(json.dumps(record, indent=2))
