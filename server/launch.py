@@ -17,7 +17,6 @@ model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels)
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from contract import file_sha256
 from server.backend_dir import TRITON_DIST, prepare_backend_dir, server_env, tritonserver_binary
 
 logger = logging.getLogger(__name__)
@@ -452,13 +452,10 @@ def verify_exports(model_repository) -> list[str]:
         if model_file is None:
             problems.append(f"{version_dir.parent.name} v{version_dir.name}: export.json but no model file")
             continue
-        digest = hashlib.sha256()
-        with open(model_file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        actual = file_sha256(model_file)
+        if actual != expected:
             problems.append(f"{version_dir.parent.name} v{version_dir.name}: {model_file.name} sha256 "
-                            f"{digest.hexdigest()[:16]}... does not match export.json {expected[:16]}...")
+                            f"{actual[:16]}... does not match export.json {expected[:16]}...")
     return problems
 
 
