@@ -98,9 +98,11 @@ def test_crashed_backend_is_retried_once_only():
         raise InferenceServerException("in ensemble 'dev', Stub process 'preprocess_0_0' is not healthy.",
                                        "StatusCode.INTERNAL")
 
+    sleeps = []
     with pytest.raises(ClassifierError) as info:
-        call_with_retry(crashing, RetryPolicy(retries=40, backoff=0.001), sleep=lambda s: None)
+        call_with_retry(crashing, RetryPolicy(retries=40, backoff=0.001), sleep=sleeps.append)
     assert len(calls) == 2
+    assert sleeps == [2.0]  # long enough for the launcher's supervisor to restart the server
     assert info.value.status == "INTERNAL" and "crashed twice" in info.value.message
 
 
