@@ -8,6 +8,11 @@ Two uses, one setup (the stand-in backends' and the repository writer's settings
 
       .venv/bin/python -m benchmarks.runtimes [--model PATH.onnx] [--limit N] [--threads 1]
 
+The third route, ONNX Runtime with its OpenVINO execution provider, needs the `onnxruntime-openvino`
+wheel, which replaces `onnxruntime` (same package name); `scripts/ort_openvino_venv.sh` makes a
+separate venv for it, and `ort_openvino_pixels` runs row 1's loop there in a subprocess
+(`python -m benchmarks.runtimes --speed ...`, pixels passed as a .npy file).
+
 bfloat16: OpenVINO takes the hint everywhere and uses it only where the CPU has AVX512_BF16 or AMX;
 `inference_precision` reports what the compiled model really uses, and `cpu_bf16_flags` what the CPU
 offers, so a report says which of the two was measured.
@@ -68,7 +73,7 @@ def openvino_runner(compiled):
     request = compiled.create_infer_request()
 
     def run(pixels: np.ndarray) -> np.ndarray:
-        request.infer({INPUT_NAME: pixels})
+        request.infer({INPUT_NAME: pixels}, share_inputs=True)  # as the stand-in backend does
         return request.get_tensor(OUTPUT_NAME).data.copy()
 
     return run
@@ -96,6 +101,81 @@ def openvino_pixels(compiled, pixels: np.ndarray, batch: int, key: str, what: st
     note = f"batch {batch}, {threads} thread{'s' * (threads > 1)}, {inference_precision(compiled)}"
     return meter.fill(Row(key, what, len(pixels), seconds, latencies, note=note,
                           params={"batch": batch, "threads": threads, "runtime": "openvino"}))
+
+
+#: The interpreter of the venv with onnxruntime-openvino (scripts/ort_openvino_venv.sh).
+ORT_OPENVINO_PYTHON_ENV = "WASTE_ORT_OPENVINO_PYTHON"
+DEFAULT_ORT_OPENVINO_VENV = Path(__file__).resolve().parent.parent / ".venv-ort-openvino"
+
+
+def ort_openvino_python() -> Path | None:
+    """The interpreter that has ONNX Runtime's OpenVINO provider, or None (the row is then skipped)."""
+    import os
+
+    candidate = Path(os.environ.get(ORT_OPENVINO_PYTHON_ENV) or DEFAULT_ORT_OPENVINO_VENV / "bin" / "python")
+    return candidate if candidate.is_file() else None
+
+
+def provider_speed(onnx_path, pixels: np.ndarray, batch: int, threads: int, provider: str) -> dict:
+    """Row 1's loop with ONNX Runtime on `provider` ("cpu" or "openvino"): seconds and latencies.
+
+    "openvino" appends the OpenVINO execution provider as NVIDIA's native backend does (device CPU,
+    nothing else) plus `num_of_threads`, so the thread count matches the other rows.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = ["CPUExecutionProvider"]
+    if provider == "openvino":
+        providers.insert(0, ("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": str(threads)}))
+    session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+    session.run([OUTPUT_NAME], {INPUT_NAME: pixels[:batch]})
+    latencies = []
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for i in range(0, len(pixels), batch):
+            t = time.perf_counter()
+            session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})
+            latencies.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+    return {"images": int(len(pixels)), "seconds": seconds, "latencies_s": latencies, "cpu_ours": meter.ours,
+            "cpu_system": meter.system, "providers": session.get_providers(), "onnxruntime": ort.__version__}
+
+
+def row_from_speed(record: dict, key: str, what: str, batch: int, threads: int) -> Row:
+    """A table row from `provider_speed`'s record (measured in another interpreter)."""
+    note = f"batch {batch}, {threads} thread{'s' * (threads > 1)}, onnxruntime {record['onnxruntime']}"
+    return Row(key, what, record["images"], record["seconds"], list(record["latencies_s"]),
+               record.get("cpu_ours"), record.get("cpu_system"), note,
+               {"batch": batch, "threads": threads, "providers": record["providers"]})
+
+
+def ort_openvino_pixels(onnx_path, pixels: np.ndarray, batch: int, key: str, what: str, threads: int,
+                        python: Path | None = None) -> Row | None:
+    """Row 1's loop on ONNX Runtime + OpenVINO provider, in the separate venv; None without that venv."""
+    import json as json_module
+    import subprocess
+    import tempfile
+
+    python = python or ort_openvino_python()
+    if python is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bench-ovep-") as tmp:
+        pixel_file = Path(tmp) / "pixels.npy"
+        np.save(pixel_file, pixels)
+        done = subprocess.run([str(python), "-m", "benchmarks.runtimes", "--speed", str(pixel_file),
+                               "--model", str(onnx_path), "--batch", str(batch), "--threads", str(threads),
+                               "--provider", "openvino"],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"{key}: {python} -m benchmarks.runtimes --speed failed: {done.stderr[-2000:]}")
+    record = json_module.loads(done.stdout)
+    if "OpenVINOExecutionProvider" not in record["providers"]:
+        raise RuntimeError(f"{key}: {python} has no OpenVINO provider ({record['providers']})")
+    return row_from_speed(record, key, what, batch, threads)
 
 
 def compare_outputs(reference: np.ndarray, other: np.ndarray, labels: list[int] | None = None) -> dict:
@@ -143,16 +223,26 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="photos of the split (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-bf16", action="store_true", help="leave OpenVINO at float32")
+    parser.add_argument("--speed", metavar="PIXELS.npy",
+                        help="instead: time ONNX Runtime on these pixels (the separate venv's row)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--provider", choices=("cpu", "openvino"), default="cpu")
     args = parser.parse_args(argv)
+    if args.speed:
+        record = provider_speed(args.model, np.load(args.speed), args.batch, args.threads, args.provider)
+        print(json.dumps(record))
+        return 0
 
-    from benchmarks.run import DEFAULT_MODEL
+    from contract import DEFAULT_MODEL, classifier_model
+    from export.model_repository import COMMITTED, latest_version
     from export.quantize import split_items
     from training.labels import CLASSES
 
     items = split_items(args.split, limit=args.limit or None)
     images = [path.read_bytes() for path, _ in items]
     labels = [CLASSES.index(label) for _, label in items]
-    record = agreement(args.model or DEFAULT_MODEL, images, labels, threads=args.threads,
+    model = args.model or latest_version(COMMITTED / classifier_model(DEFAULT_MODEL))
+    record = agreement(model, images, labels, threads=args.threads,
                        bf16=not args.no_bf16)
     record["split"] = args.split
     print(json.dumps(record, indent=2))

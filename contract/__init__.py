@@ -6,6 +6,7 @@ the load tests and the benchmarks. Three copies cannot import it and are pinned 
 tests/test_contract.py, so a change here that forgets one fails CI:
 
 - `client/waste_client/_contract.py`: the client installs alone (`pip install ./client`);
+  `make contract` (`python -m contract`) rewrites it from this file;
 - `model_repository/preprocess/1/imaging.py`: loads inside NVIDIA's Triton container, where
   only NumPy and Pillow exist (INPUT_SIZE, PAD_VALUE, ALLOWED_FORMATS, MAX_IMAGE_BYTES);
 - every `config.pbtxt` and `labels.txt`: Triton reads them; export/model_repository.py writes them
@@ -16,6 +17,7 @@ file below its imports, verbatim.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 # Everything below this line is repeated verbatim in client/waste_client/_contract.py.
@@ -60,6 +62,8 @@ TTA_SUFFIX = "_tta"
 INT8_SUFFIX = "_int8"
 #: Largest batch every model accepts (the batch dimension is implicit in each config).
 MAX_BATCH_SIZE = 64
+#: Beside each exported version's model file: the export's record, whose "sha256" names the file.
+EXPORT_RECORD = "export.json"
 
 #: Ensemble tensors: what clients send and read.
 ENSEMBLE_INPUT = "image_bytes"
@@ -120,3 +124,21 @@ def is_image_name(name: str) -> bool:
     bool
     """
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks: the digest an export record holds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

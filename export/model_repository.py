@@ -17,6 +17,7 @@ written beside the model under a name Triton ignores, then renamed into place.
 
     python -m export.model_repository configs                 # rewrite the committed repository's configs
     python -m export.model_repository dev DEST [--name dev]   # a repository with a random-weight classifier
+    python -m export.model_repository latest NAME             # the model file Triton serves for NAME
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, INPUT_SIZE, LABELS_FILE,
-                      PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL, classifier_model,
-                      tta_model)
+from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, EXPORT_RECORD, INPUT_SIZE,
+                      LABELS_FILE, PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL,
+                      classifier_model, tta_model)
+from contract import file_sha256 as sha256
 from export.model_configs import (Serving, check_name, classifier_config, ensemble_config,
                                   preprocess_config, tta_flip_config, tta_mean_config)
 
@@ -45,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The committed repository: source of the shared models' code.
 COMMITTED = REPO_ROOT / "model_repository"
 MODEL_FILE = "model.onnx"
-RECORD_FILE = "export.json"
+RECORD_FILE = EXPORT_RECORD
 
 __all__ = [
     "COMMITTED", "MODEL_FILE", "RECORD_FILE", "Serving", "build_dev_classifier", "classifier_config",
@@ -58,17 +60,6 @@ __all__ = [
 def classifier_model_name(name: str) -> str:
     """`effnet_lite0` -> `effnet_lite0_classifier` (``contract.classifier_model``)."""
     return classifier_model(name)
-
-
-def sha256(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (the digest `export.json` records)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_labels(model_dir, classes=CLASSES) -> Path:
@@ -386,7 +377,17 @@ def main(argv=None) -> int:
     dev = sub.add_parser("dev", help="write a repository serving a random-weight classifier")
     dev.add_argument("dest", type=Path)
     dev.add_argument("--name", default="dev")
+    latest = sub.add_parser("latest", help="print the model file Triton serves for NAME (its highest version)")
+    latest.add_argument("name")
+    latest.add_argument("--repo", type=Path, default=COMMITTED)
     args = parser.parse_args(argv)
+    if args.command == "latest":
+        try:
+            print(latest_version(args.repo / classifier_model(args.name)))
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "configs":
         for model_dir in write_committed_configs(args.repo):

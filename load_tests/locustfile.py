@@ -4,7 +4,7 @@ Run through `python -m load_tests.run` (it starts a server, passes the options b
 thresholds); by hand:
 
     .venv/bin/python -m locust -f load_tests/locustfile.py --headless -u 8 -r 8 -t 30s \
-        --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 --model effnet_lite0 GrpcUser HttpUser
+        --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 GrpcUser HttpUser
 
 Every request sends one real encoded image file (cycled over `--images`, default the bundled
 samples) through the client library's raw `Classifier.infer` (retries off) and is timed with
@@ -31,13 +31,13 @@ import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 
+from contract import DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, is_image_name, tta_model  # noqa: E402
 from load_tests.thresholds import check, load_thresholds  # noqa: E402
 from waste_client import Classifier, ClassifierError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO_ROOT / "samples" / "garbage12"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-INPUT_NAME, OUTPUT_NAME = "image_bytes", "probabilities"  # docs/CONTRACT.md, every ensemble
+INPUT_NAME, OUTPUT_NAME = ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
 log = logging.getLogger("load_tests")
 
 
@@ -53,7 +53,7 @@ class RequestFailed(Exception):
 def _options(parser):
     parser.add_argument("--grpc-url", default="", help="host:port of Triton's gRPC endpoint")
     parser.add_argument("--http-url", default="", help="host:port of Triton's HTTP endpoint")
-    parser.add_argument("--model", default="effnet_lite0", help="plain ensemble; TTA is <model>_tta")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="plain ensemble; TTA is <model>_tta")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of images to send")
     parser.add_argument("--plain-weight", type=int, default=3, help="weight of plain requests")
     parser.add_argument("--tta-weight", type=int, default=1, help="weight of TTA requests (0: none)")
@@ -70,7 +70,7 @@ def _options(parser):
 
 
 def _load_images(folder: str) -> list[bytes]:
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in Path(folder).rglob("*") if is_image_name(p.name))
     if not paths:
         raise FileNotFoundError(f"no images under {folder}")
     return [p.read_bytes() for p in paths]
@@ -97,7 +97,7 @@ class TritonUser(User):
         # Each user starts at a different image so concurrent requests differ.
         for _ in range(random.randrange(len(_shared_images(options.images)))):
             next(self.images)
-        self.models = [options.model] * options.plain_weight + [f"{options.model}_tta"] * options.tta_weight
+        self.models = [options.model] * options.plain_weight + [tta_model(options.model)] * options.tta_weight
         self.timeout = options.request_timeout
         self.client = self.make_client(options)
 

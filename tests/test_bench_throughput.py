@@ -111,3 +111,40 @@ def test_duplicate_job_answers_duplicates_from_the_cache(cached_server, tmp_path
     row, _ = duplicate_job([cached_server], "dev", SAMPLES[:9], tmp_path, "D1", "10% duplicates, cache on",
                            share=0.1, args=("--in-flight", "1"), round_salt=b"round-b")
     assert row.params["cache"]["misses"] == 9
+
+
+def test_issue16_targets_from_rows():
+    from benchmarks.serving_targets import bound_rows, duplicate_lines, targets
+
+    def row(key, per_s, **params):
+        return Row(key, key, int(per_s), 1.0, cpu_ours=None, params=params)
+
+    sweeps = {"1": [Row("1", "", 100, 1.0, params={"threads": 1, "batch": 1}),
+                    Row("1", "", 300, 1.0, params={"threads": 2, "batch": 4})],
+              "6a": [Row("6a", "", 200, 1.0, params={"threads": 1, "batch": 16})]}
+    m = {"2p": Row("2p", "", 400, 1.0),  # 2.5 ms per image
+         "on16": row("3r", 120), "on32": row("3r", 130), "raw8x4": row("R8", 140), "raw1x16": row("R1", 135),
+         "cmd": row("SC", 133), "int8": row("6b", 200), "int8_cmd": row("SCi", 190),
+         "int8_raw8x4": row("R8i", 250), "ov16": row("OV", 190), "ov_int8_16": row("OVi", 260)}
+    bounds = bound_rows(m, sweeps)
+    # 2 cores / (2.5 ms + 10 ms) and 2 / (2.5 + 5): the single-thread sweep points only.
+    import os
+
+    cores = os.cpu_count() or 1
+    assert bounds["B"].images_per_s == pytest.approx(cores / 0.0125)
+    assert bounds["Bi"].images_per_s == pytest.approx(cores / 0.0075)
+    result = {name.split(" (")[0]: value for name, value, _ in targets(m, bounds, {"openvino fp32": 0.0,
+                                                                                  "openvino int8": -1.0})}
+    assert result["scorer command / best raw asyncio loop, FP32"] == pytest.approx(133 / 140)
+    assert result["scorer command / best raw asyncio loop, INT8"] == pytest.approx(190 / 250)
+    assert result["best served FP32 / per-image CPU bound"] == pytest.approx(140 / bounds["B"].images_per_s)
+    # INT8 ORT has no accuracy entry and OpenVINO INT8 is 1 point off: the fastest eligible is OpenVINO FP32.
+    fastest = [name for name, _, _ in targets(m, bounds, {"openvino fp32": 0.0, "openvino int8": -1.0})
+               if name.startswith("fastest")][0]
+    assert "openvino fp32, OV" in fastest
+    assert result["fastest served CPU path within 0.1 pt accuracy"] == pytest.approx(190 / 130)
+    m["dup_cache1"] = Row("D1", "10% duplicates, cache on", 110, 1.0, note="n",
+                          params={"cache": {"hits": 10, "misses": 100, "hit_share": 10 / 110}, "duplicates": 10})
+    m["dup_nocache1"] = Row("D0", "10% duplicates, cache off", 100, 1.0, note="n", params={"duplicates": 10})
+    lines = duplicate_lines(m)
+    assert any("cache hits 10, misses 100" in line for line in lines) and lines[-1].endswith("1.10x")

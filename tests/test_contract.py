@@ -46,8 +46,7 @@ def test_client_copy_is_the_source_verbatim():
     copy = CLIENT_COPY.read_text()
     assert SOURCE_MARKER in source and COPY_MARKER in copy
     assert copy.split(COPY_MARKER, 1)[1] == source.split(SOURCE_MARKER, 1)[1], (
-        "client/waste_client/_contract.py differs from contract/__init__.py: copy the source's "
-        "body below the marker line into the client")
+        "client/waste_client/_contract.py differs from contract/__init__.py: run `make contract`")
     client = _load(CLIENT_COPY, "client_contract_copy")
     assert _facts(client) == _facts(contract)
     assert len(_facts(contract)) >= 20

@@ -238,3 +238,20 @@ def test_duplicate_photo_is_answered_from_the_response_cache(runtime_server):
     # A different photo is not a hit.
     classify(runtime_server, "dev", jpeg(seed=17))
     assert delta(after, counters(runtime_server), "nv_cache_num_hits_per_model", "dev") == 0
+
+
+def test_ort_provider_speed_record_becomes_a_row(tmp_path, monkeypatch):
+    """The ORT + OpenVINO provider row runs in a separate venv; its record and the row built from it
+    are checked here with the CPU provider (same code), and without that venv the row is skipped."""
+    from benchmarks.runtimes import ort_openvino_pixels, provider_speed, row_from_speed
+
+    onnx = write_dev_classifier(tmp_path, "dev")
+    pixels = np.random.default_rng(0).integers(0, 255, (5, 224, 224, 3), dtype=np.uint8)
+    record = provider_speed(onnx, pixels, batch=2, threads=1, provider="cpu")
+    assert record["images"] == 5 and len(record["latencies_s"]) == 3
+    assert record["providers"] == ["CPUExecutionProvider"]
+    row = row_from_speed(json.loads(json.dumps(record)), "1v", "ORT + OpenVINO EP", batch=2, threads=1)
+    assert row.images == 5 and row.note.startswith("batch 2, 1 thread, onnxruntime ")
+    monkeypatch.setenv("WASTE_ORT_OPENVINO_PYTHON", str(tmp_path / "missing" / "python"))
+    monkeypatch.setattr("benchmarks.runtimes.DEFAULT_ORT_OPENVINO_VENV", tmp_path / "missing")
+    assert ort_openvino_pixels(onnx, pixels, 2, "1v", "ORT + OpenVINO EP", 1) is None

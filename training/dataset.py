@@ -1,10 +1,10 @@
 """The split manifest as lists of (absolute path, class index) per split."""
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 
+from training.data_split import load_manifest  # the one reader of manifest files
 from training.labels import CLASSES
 
 
@@ -16,10 +16,9 @@ def load_split(manifest: str | Path, data_dir: str | Path, limit_per_class: int 
     data_dir = Path(data_dir)
     index = {name: i for i, name in enumerate(CLASSES)}
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-    with open(manifest, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] in splits:
-                splits[row["split"]].append((str(data_dir / row["relpath"]), index[row["label"]]))
+    for row in load_manifest(manifest).rows:
+        if row.split in splits:
+            splits[row.split].append((str(data_dir / row.relpath), index[row.label]))
     for name, items in splits.items():
         items.sort()
         if limit_per_class:

@@ -45,14 +45,27 @@ def wide_dark_photo(data: bytes, seed: int) -> bytes:
     return out.getvalue()
 
 
+def onnx_session(model_path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """The one way evaluation opens an ONNX classifier (CPU; `threads` 0 lets ORT choose)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def probabilities(session: ort.InferenceSession, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Class probabilities (N, classes) of pre-decoded uint8 NHWC pixels, `batch` images per run."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: pixels[i:i + batch]})[0]
+                           for i in range(0, len(pixels), batch)])
+
+
 def predict(model_path: str | Path, paths: list[str], batch: int = 32,
             wide: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Probabilities for each file, plain and mirrored; files the server would reject are reported, not skipped silently.
 
     `wide=True` scores each photo re-staged by `wide_dark_photo` instead of as it is.
     """
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    session = onnx_session(model_path)
     plain, flipped, errors = [], [], []
     for start in tqdm(range(0, len(paths), batch), desc="evaluating", unit="batch"):
         pixels = []
@@ -66,8 +79,8 @@ def predict(model_path: str | Path, paths: list[str], batch: int = 32,
                 errors.append(f"{p}: {err}")
                 pixels.append(np.full((imaging.INPUT_SIZE, imaging.INPUT_SIZE, 3), imaging.PAD_VALUE, np.uint8))
         x = np.stack(pixels)
-        plain.append(session.run(None, {name: x})[0])
-        flipped.append(session.run(None, {name: np.ascontiguousarray(x[:, :, ::-1])})[0])
+        plain.append(probabilities(session, x, batch))
+        flipped.append(probabilities(session, np.ascontiguousarray(x[:, :, ::-1]), batch))
     return np.concatenate(plain), np.concatenate(flipped), errors
 
 

@@ -2,10 +2,11 @@
 
 The client installs alone (`pip install ./client`), so it cannot import `contract`; this file
 repeats it below the marker line, verbatim, and tests/test_contract.py fails when they differ.
-Edit `contract/__init__.py`, then copy its body here; never change a fact only here.
+Edit `contract/__init__.py`, then run `make contract`; never change a fact only here.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 # Everything below this line is repeated verbatim from contract/__init__.py.
@@ -50,6 +51,8 @@ TTA_SUFFIX = "_tta"
 INT8_SUFFIX = "_int8"
 #: Largest batch every model accepts (the batch dimension is implicit in each config).
 MAX_BATCH_SIZE = 64
+#: Beside each exported version's model file: the export's record, whose "sha256" names the file.
+EXPORT_RECORD = "export.json"
 
 #: Ensemble tensors: what clients send and read.
 ENSEMBLE_INPUT = "image_bytes"
@@ -110,3 +113,21 @@ def is_image_name(name: str) -> bool:
     bool
     """
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks: the digest an export record holds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -20,14 +20,13 @@ import os
 import sys
 from typing import IO, Any, Iterator, Optional, Tuple
 
+from ._contract import MAX_IMAGE_BYTES, is_image_name
 from ._errors import ClassifierError
-from ._walk import is_image_name
 
 logger = logging.getLogger(__name__)
 
-#: Largest photo read; a bigger file becomes an error row without being read. Equal to what the
-#: server's preprocess model accepts (its MAX_BYTES).
-MAX_BYTES = 32 * 1024 * 1024
+#: Largest photo read; a bigger file becomes an error row without being read.
+MAX_BYTES = MAX_IMAGE_BYTES
 
 
 def is_url(spec: str) -> bool:
