@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import streamlit as st
 
+from contract import IMAGE_EXTENSIONS
 from waste_client import ClassifierError
 
 from app import charts, heatmap
@@ -28,7 +29,8 @@ from app.logic import (
 )
 from app.service import Service
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+#: What the uploader accepts: the contract's extensions, without the dot as Streamlit wants them.
+IMAGE_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 
 
 def main(argv=()) -> None:

@@ -221,7 +221,8 @@ def test_install_script_is_valid_bash_and_idempotent_guarded():
     script = ROOT / "scripts" / "install_test_deps.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert "chromium" in text and "chromium-driver" in text and "have_browser" in text
+    # which packages and binaries: tests/test_install_test_deps.py
+    assert "chromium" in text and "chromium-driver" in text and "chromedriver" in text
 
 
 def test_dockerfile_release_matches_the_bundled_server(dev_server):
