@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 #: after that the next request to it is the probe that finds it back.
 DEAD_MIN_S = 1.0
 DEAD_MAX_S = 30.0
+#: Wait before the one retry of a request that met a crashed backend: the launcher's supervisor
+#: notices a dead stub within 0.5 s and restarts the server (RELIABILITY.md), so the retry meets
+#: the restart (refused: ordinary retries) or the fresh server, not the same dead stub.
+CRASH_RETRY_DELAY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,8 @@ class Attempts:
         elif not err.transient or self.attempt >= self.policy.retries:
             raise err from (None if err is cause else cause)
         delay = self.policy.delay(self.attempt)
+        if err.crashed_backend:
+            delay = max(delay, CRASH_RETRY_DELAY_S)
         self.attempt += 1
         logger.warning("%s failed on %s (%s: %s); retry %d of %d in %.2f s",
                        self.what, url, err.status, err.message, self.attempt, self.policy.retries, delay)

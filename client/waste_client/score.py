@@ -247,6 +247,12 @@ def score(
     with ResultWriter(out, header, retry_errors=retry_errors, append_source=append_source) as writer:
         summary.repaired = writer.existing.dropped
         summary.retried = writer.existing.retried
+        if writer.existing.rows or summary.retried:
+            logger.info("resuming %s: %d photo(s) done, %d error row(s) to score again", out,
+                        writer.existing.rows, summary.retried)
+        if summary.repaired:
+            logger.warning("%s: dropped %d torn or duplicate row(s) left by an earlier run", out,
+                           summary.repaired)
         done = writer.existing.done
         bar = tqdm(total=0, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
         queued: Set[str] = set()
