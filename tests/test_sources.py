@@ -140,6 +140,10 @@ def test_s3_prefix_streams_and_reads(bucket):
     with pytest.raises(ClassifierError) as info:
         read_source(f"s3://{name}/day1/missing.jpg")
     assert info.value.status == "FILE_NOT_FOUND"
+    for typo in (f"s3://{name}/dya1", f"s3://{name}-nope/day1"):
+        with pytest.raises(ClassifierError) as info:
+            list(iter_sources(typo))
+        assert info.value.status == "FILE_NOT_FOUND" and typo in info.value.message
 
 
 # -- the local engine against a real server ---------------------------------------------------------
