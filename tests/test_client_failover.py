@@ -103,6 +103,10 @@ def test_crashed_backend_is_retried_once_only():
         call_with_retry(crashing, RetryPolicy(retries=40, backoff=0.001), sleep=sleeps.append)
     assert len(calls) == 2
     assert sleeps == [2.0]  # long enough for the launcher's supervisor to restart the server
+    calls.clear()
+    with pytest.raises(ClassifierError):
+        call_with_retry(crashing, RetryPolicy(retries=0), sleep=sleeps.append)
+    assert len(calls) == 1  # retries=0 means no retry at all (the app, the load tests)
     assert info.value.status == "INTERNAL" and "crashed twice" in info.value.message
 
 
