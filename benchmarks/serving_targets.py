@@ -91,8 +91,8 @@ def duplicate_lines(m: dict) -> list[str]:
         cache = row.params.get("cache", {})
         lines.append(f"- {row.key} {row.what} ({row.note}): {row.images_per_s:.1f} images/s; "
                      f"{row.params.get('duplicates', 0)} duplicates per round, cache hits {cache.get('hits', 0)}, "
-                     f"misses {cache.get('misses', 0)} (hit share {cache.get('hit_share', 0.0):.1%}; each round is a "
-                     f"fresh job, these counts are its first round's)")
+                     f"misses {cache.get('misses', 0)} (hit share {cache.get('hit_share', 0.0):.1%}, summed "
+                     f"over the rounds, each a fresh job)")
     on, off = m.get("dup_cache1"), m.get("dup_nocache1")
     if on and off:
         lines.append(f"- cache on / off, one photo per request: {on.images_per_s / off.images_per_s:.2f}x")

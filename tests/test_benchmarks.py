@@ -121,8 +121,24 @@ def test_the_runner_executes_every_row_of_the_plan(tmp_path, monkeypatch):
                                                                                  {"batch": b, "threads": t}))
     monkeypatch.setattr(R, "ort_files", lambda s, data, b, key, what, t=0: fixed(key, what, f"batch {b}"))
     monkeypatch.setattr(R, "preprocess_only", lambda m, data, key, what, draft=True, note="": fixed(key, what, note))
-    monkeypatch.setattr(R, "start_servers", lambda stack, repos: [
+    monkeypatch.setattr(R, "start_servers", lambda stack, repos, caches=None: [
         started.append((repo / "preprocess" / "config.pbtxt").is_file()) or repo for repo in repos])
+    # Issue 16's rows (benchmarks/raw_loop.py, duplicates.py, runtimes.py), replaced the same way.
+    from benchmarks import runtimes
+
+    monkeypatch.setattr(runtimes, "openvino_compiled", lambda path, threads=1, bf16=True: (path, threads))
+    monkeypatch.setattr(runtimes, "openvino_pixels", lambda c, px, b, key, what, t: fixed(
+        key, what, f"batch {b}", {"batch": b, "threads": t}))
+    monkeypatch.setattr(runtimes, "ort_openvino_python", lambda: None)
+    record = {"images": 3, "other_accuracy": 0.9, "reference_accuracy": 0.9, "top1_agreement": 1.0,
+              "openvino_precision": "float32", "cpu_bf16_flags": []}
+    monkeypatch.setattr(runtimes, "agreement", lambda onnx, images, labels: record)
+    monkeypatch.setattr(run, "raw_asyncio_loop", lambda servers, model, data, per, n, key, what:
+                        (fixed(key, what, f"{per} photos/request, {n} in flight"), delta))
+    monkeypatch.setattr(run, "scorer_command", lambda servers, model, folder, key, what, args, images:
+                        (fixed(key, what, "whole command"), delta))
+    monkeypatch.setattr(run, "duplicate_job", lambda servers, model, paths, work, key, what, args, round_salt:
+                        (fixed(key, what, "duplicates", {"cache": {"hits": 1, "misses": 9, "hit_share": 0.1}}), delta))
     monkeypatch.setattr(R, "warm_up", lambda *args: None)
     monkeypatch.setattr(R, "triton_bulk", lambda servers, protocol, model, folder, n, key, what:
                         (fixed(key, what, f"{protocol}, {n} in flight, {len(servers)} server(s), {model}"), delta))

@@ -103,6 +103,10 @@ def test_crashed_backend_is_retried_once_only():
         call_with_retry(crashing, RetryPolicy(retries=40, backoff=0.001), sleep=sleeps.append)
     assert len(calls) == 2
     assert sleeps == [2.0]  # long enough for the launcher's supervisor to restart the server
+    calls.clear()
+    with pytest.raises(ClassifierError):
+        call_with_retry(crashing, RetryPolicy(retries=0), sleep=sleeps.append)
+    assert len(calls) == 1  # retries=0 means no retry at all (the app, the load tests)
     assert info.value.status == "INTERNAL" and "crashed twice" in info.value.message
 
 
@@ -183,12 +187,32 @@ except KeyboardInterrupt:
 """
 
 
+ASYNC_CTRL_C_SCRIPT = """
+import asyncio, sys
+from waste_client import AsyncClassifier
+url, protocol = sys.argv[1], sys.argv[2]
+
+async def main():
+    async with AsyncClassifier(url, protocol, retries=40, backoff=1.0, max_backoff=5.0, timeout=30) as clf:
+        print("started", flush=True)
+        async for _ in clf.classify_many([b"x"] * 100, max_in_flight=8):
+            pass
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("dead", ["refusing", "mute"])
-def test_ctrl_c_during_an_outage_exits_within_2_s(protocol, dead, mute_url):
+@pytest.mark.parametrize("dead, script", [("refusing", CTRL_C_SCRIPT), ("mute", CTRL_C_SCRIPT),
+                                          ("mute", ASYNC_CTRL_C_SCRIPT)], ids=["refusing", "mute", "mute-async"])
+def test_ctrl_c_during_an_outage_exits_within_2_s(protocol, dead, script, mute_url):
     url = _refusing_url() if dead == "refusing" else mute_url
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "client"), str(REPO_ROOT)])}
-    process = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, url, protocol], env=env,
+    process = subprocess.Popen([sys.executable, "-c", script, url, protocol], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "started"

@@ -291,3 +291,30 @@ def test_command_line_options_override_the_environment(proxy, pki, monkeypatch):
                                       ca_file=str(pki / "ca.pem"), api_key=API_KEY)
     with Classifier(settings=settings) as clf:
         assert clf.classify(IMAGE).label in LABELS
+
+
+def test_scorer_command_reaches_the_proxy_with_tls_and_key(proxy, pki, tmp_path):
+    import csv
+    import os
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(IMAGE, photos / IMAGE.name)
+    out = tmp_path / "results.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "client"), str(REPO_ROOT)]),
+           "WASTE_API_KEY": API_KEY, "WASTE_CA_FILE": str(pki / "ca.pem")}
+    command = [sys.executable, "-m", "waste_client", "score", str(photos), "--url", proxy["grpc", False],
+               "--model", "dev", "--out", str(out), "--no-progress"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [r for r in csv.reader(line for line in out.read_text().splitlines() if not line.startswith("#"))]
+    assert any(LABELS_SET & set(r) for r in rows[1:]), rows
+    env["WASTE_API_KEY"] = "wrong-key"
+    refused = subprocess.run(command[:-3] + ["--out", str(tmp_path / "refused.csv"), "--no-progress", "--wait", "1"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    # Said at once and by name: no waiting for a server that will never let this key in.
+    assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr, refused.stderr[-2000:]
+
+
+LABELS_SET = set(LABELS)

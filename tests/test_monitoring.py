@@ -324,6 +324,18 @@ def test_alerts_fire_on_failures_and_on_dead_or_hung_stubs(triton, prometheus):
     prometheus.wait_for(
         lambda: prometheus.query('model:nv_inference_request_success:rate5m{model="dev"} > 0')["data"]["result"],
         "the recording rule over the good requests")
+    # Every recording rule yields a value from the real series (labels such as quantile="0.95"
+    # match what Triton writes), e.g. the classifier's p95 and batch size.
+    for record in sorted(_recorded_names()):
+        assert prometheus.wait_for(lambda: prometheus.query(record)["data"]["result"], record, timeout=10)
+    (p95,) = prometheus.query('model:nv_inference_request_summary_us:p95{model="dev_classifier"}')["data"]["result"]
+    assert 0 < float(p95["value"][1]) < 60e6
+    # Triton 2.51 exports no request summary for a model whose config enables the response cache
+    # (the ensembles written by export/model_repository.py do): docs/OPERATIONS.md says so.
+    config = (triton.model_repository / "dev" / "config.pbtxt").read_text()
+    cached = re.search(r"response_cache\s*\{\s*enable:\s*true", config)
+    ensemble_p95 = prometheus.query('model:nv_inference_request_summary_us:p95{model="dev"}')["data"]["result"]
+    assert bool(ensemble_p95) != bool(cached), (cached, ensemble_p95)
     firing = prometheus.firing()
     assert "TritonHighFailureRate" not in firing and "TritonBackendFailing" not in firing, firing
     # This repository has no effnet_lite0: a server up without the production model.

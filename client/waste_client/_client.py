@@ -97,6 +97,8 @@ class Classifier:
         self.retry_policy = RetryPolicy(int(s.retries), float(s.backoff), float(s.max_backoff))
         self._transport = load_transport(s)
         self._pool_urls = UrlPool(self.urls)
+        #: Why the last :meth:`is_ready` said no (None when it said yes or was never asked).
+        self.readiness_error: Optional[ClassifierError] = None
         self._lock = threading.Lock()
         # Set by close(): wakes every thread waiting through a backoff, so Ctrl-C is not held up.
         self._stop = threading.Event()
@@ -378,7 +380,9 @@ class Classifier:
         """Tell whether any server URL is ready and serves the model.
 
         Never raises and never retries: a readiness probe answers now. A URL found
-        unreachable is skipped by the next requests for a while.
+        unreachable is skipped by the next requests for a while. When not ready,
+        ``readiness_error`` says why (e.g. ``PERMISSION_DENIED`` from a proxy, which no
+        waiting will change).
 
         Returns
         -------
@@ -390,12 +394,15 @@ class Classifier:
                 client = self._client(index)
                 if client.is_server_ready(**args) and client.is_model_ready(self.model, self.version, **args):
                     self._pool_urls.succeeded(index)
+                    self.readiness_error = None
                     return True
+                err = ClassifierError(f"model {self.model!r} is not ready on {self.urls[index]}", "UNAVAILABLE")
             except Exception as exc:  # noqa: BLE001 - unreachable simply means not ready
                 err = self._transport.translate(exc)
-                logger.debug("%s not ready: %s", self.urls[index], err)
                 if err.transient:
                     self._pool_urls.failed(index, str(err))
+            logger.debug("%s not ready: %s", self.urls[index], err)
+            self.readiness_error = err
         return False
 
     def close(self, wait: bool = True) -> None:

@@ -206,7 +206,7 @@ class Attempts:
         url = self.pool.urls[self.index] if self.index is not None else "?"
         if err.transient and self.index is not None:
             self.pool.failed(self.index, f"{err.status}: {err.message}")
-        if err.crashed_backend:
+        if err.crashed_backend and self.policy.retries > 0:
             if self.crash_retried:
                 # Twice in a row: this request is likely what kills the backend; a third try
                 # would restart the server again for nothing.

@@ -159,10 +159,13 @@ def wait_until_ready(classifier: Classifier, wait_s: float, poll_s: float = 0.5)
     """
     deadline = time.monotonic() + wait_s
     while not classifier.is_ready():
+        reason = getattr(classifier, "readiness_error", None)
+        if reason is not None and not reason.transient:
+            raise reason  # a refused key or an untrusted certificate: waiting changes nothing
         if time.monotonic() >= deadline:
             raise ClassifierError(
                 f"model {classifier.model!r} is not ready on {','.join(classifier.urls)} "
-                f"({classifier.protocol})",
+                f"({classifier.protocol})" + (f": {reason.message}" if reason is not None else ""),
                 "UNAVAILABLE",
             )
         time.sleep(poll_s)
