@@ -38,7 +38,7 @@ from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, EXPORT_RECOR
                       LABELS_FILE, PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL,
                       classifier_model, tta_model)
 from contract import file_sha256 as sha256
-from export.model_configs import (Serving, check_name, classifier_config, ensemble_config,
+from export.model_configs import (BACKENDS, CLASSIFIER, Serving, check_name, classifier_config, ensemble_config,
                                   preprocess_config, tta_flip_config, tta_mean_config)
 
 logger = logging.getLogger(__name__)
@@ -360,11 +360,15 @@ def committed_classifiers(repo_dir=COMMITTED) -> list[str]:
                   if p.is_dir() and p.name.endswith(suffix) and (p / "config.pbtxt").is_file())
 
 
-def write_committed_configs(repo_dir=COMMITTED) -> list[Path]:
-    """Rewrite every config (and labels) of the committed repository with the defaults."""
+def write_committed_configs(repo_dir=COMMITTED, **classifier_options) -> list[Path]:
+    """Rewrite every config (and labels) of a repository laid out like the committed one.
+
+    Defaults everywhere, unless `classifier_options` (`Serving` fields, e.g. ``backend="openvino"``
+    for a deployment on a CPU where OpenVINO is faster) change the classifiers'.
+    """
     dirs = write_shared_models(repo_dir, source=repo_dir)
     for name in committed_classifiers(repo_dir):
-        dirs += write_model_configs(repo_dir, name)
+        dirs += write_model_configs(repo_dir, name, **classifier_options)
     return dirs
 
 
@@ -374,6 +378,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     configs = sub.add_parser("configs", help="rewrite the committed repository's configs and labels")
     configs.add_argument("--repo", type=Path, default=COMMITTED)
+    configs.add_argument("--backend", choices=BACKENDS, default=CLASSIFIER.backend,
+                         help="the classifiers' runtime (docs/PERFORMANCE.md); the committed repository "
+                              "keeps the default")
     dev = sub.add_parser("dev", help="write a repository serving a random-weight classifier")
     dev.add_argument("dest", type=Path)
     dev.add_argument("--name", default="dev")
@@ -390,7 +397,7 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "configs":
-        for model_dir in write_committed_configs(args.repo):
+        for model_dir in write_committed_configs(args.repo, backend=args.backend):
             print(f"wrote {model_dir / 'config.pbtxt'}")
         return 0
     if (args.dest / classifier_model(args.name)).exists():
