@@ -363,8 +363,9 @@ def committed_classifiers(repo_dir=COMMITTED) -> list[str]:
 def write_committed_configs(repo_dir=COMMITTED, **classifier_options) -> list[Path]:
     """Rewrite every config (and labels) of a repository laid out like the committed one.
 
-    Defaults everywhere, unless `classifier_options` (`Serving` fields, e.g. ``backend="openvino"``
-    for a deployment on a CPU where OpenVINO is faster) change the classifiers'.
+    Defaults everywhere, unless `classifier_options` (`Serving` fields) change the classifiers':
+    the container images pass ``warmup=1`` (docker/Dockerfile*), a deployment on a CPU where
+    OpenVINO is faster ``backend="openvino"`` (docs/PERFORMANCE.md).
     """
     dirs = write_shared_models(repo_dir, source=repo_dir)
     for name in committed_classifiers(repo_dir):
@@ -378,6 +379,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     configs = sub.add_parser("configs", help="rewrite the committed repository's configs and labels")
     configs.add_argument("--repo", type=Path, default=COMMITTED)
+    configs.add_argument("--warmup", type=int, default=0, metavar="BATCH",
+                         help="a zero-image warm-up request of this batch size per classifier at load")
     configs.add_argument("--backend", choices=BACKENDS, default=CLASSIFIER.backend,
                          help="the classifiers' runtime (docs/PERFORMANCE.md); the committed repository "
                               "keeps the default")
@@ -397,7 +400,10 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "configs":
-        for model_dir in write_committed_configs(args.repo, backend=args.backend):
+        options = {"warmup": args.warmup} if args.warmup else {}
+        if args.backend != CLASSIFIER.backend:
+            options["backend"] = args.backend
+        for model_dir in write_committed_configs(args.repo, **options):
             print(f"wrote {model_dir / 'config.pbtxt'}")
         return 0
     if (args.dest / classifier_model(args.name)).exists():

@@ -110,6 +110,18 @@ def test_crashed_backend_is_retried_once_only():
     assert info.value.status == "INTERNAL" and "crashed twice" in info.value.message
 
 
+def test_a_request_that_times_out_twice_is_not_retried_again():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        raise InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED")
+
+    with pytest.raises(ClassifierError) as info:
+        call_with_retry(slow, RetryPolicy(retries=40, backoff=0.001), sleep=lambda s: None)
+    assert info.value.status == "DEADLINE_EXCEEDED" and len(calls) == 2
+
+
 def test_every_retry_is_logged_with_url_and_reason(caplog):
     url = _refusing_url()
     with caplog.at_level(logging.WARNING, logger="waste_client"):

@@ -56,6 +56,9 @@ class Transport:
             ("grpc.http2.max_pings_without_data", 2),
             ("grpc.min_reconnect_backoff_ms", connect_ms),
             ("grpc.initial_reconnect_backoff_ms", connect_ms),
+            # A name that resolves to several servers (`dns:///` + a Kubernetes headless Service)
+            # gets a connection to each and requests spread over them; one address: no change.
+            ("grpc.lb_policy_name", "round_robin"),
         ]}
         if s.tls:
             args.update(ssl=True, root_certificates=s.ca_file, private_key=s.client_key,

@@ -170,6 +170,7 @@ class Attempts:
         self.what = what
         self.attempt = 0
         self.crash_retried = False
+        self.timed_out = False
         self.index: Optional[int] = None
 
     def next_index(self) -> int:
@@ -200,8 +201,8 @@ class Attempts:
         Raises
         ------
         ClassifierError
-            ``err`` when it is not transient or the retries are spent; ``INTERNAL`` when a
-            request crashed a backend a second time.
+            ``err`` when it is not transient or the retries are spent, or when the request
+            timed out a second time; ``INTERNAL`` when a request crashed a backend a second time.
         """
         url = self.pool.urls[self.index] if self.index is not None else "?"
         if err.transient and self.index is not None:
@@ -213,8 +214,14 @@ class Attempts:
                 raise ClassifierError(f"the server's backend crashed twice on this request: {err.message}",
                                       "INTERNAL") from cause
             self.crash_retried = True
-        elif not err.transient or self.attempt >= self.policy.retries:
+        elif not err.transient or self.attempt >= self.policy.retries or (
+                err.status == "DEADLINE_EXCEEDED" and self.timed_out):
+            # A request that ran out of time twice is most likely slow itself (a costly image),
+            # not a slow server: retrying it 40 times would cost 40 timeouts. One retry, on the
+            # next URL, covers a server that froze; a dead one fails to connect (UNAVAILABLE).
             raise err from (None if err is cause else cause)
+        if err.status == "DEADLINE_EXCEEDED":
+            self.timed_out = True
         delay = self.policy.delay(self.attempt)
         if err.crashed_backend:
             delay = max(delay, CRASH_RETRY_DELAY_S)
