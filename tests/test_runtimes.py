@@ -255,3 +255,21 @@ def test_ort_provider_speed_record_becomes_a_row(tmp_path, monkeypatch):
     monkeypatch.setenv("WASTE_ORT_OPENVINO_PYTHON", str(tmp_path / "missing" / "python"))
     monkeypatch.setattr("benchmarks.runtimes.DEFAULT_ORT_OPENVINO_VENV", tmp_path / "missing")
     assert ort_openvino_pixels(onnx, pixels, 2, "1v", "ORT + OpenVINO EP", 1) is None
+
+
+def test_a_deployment_chooses_the_runtime_by_one_option(tmp_path):
+    """`python -m export.model_repository configs --backend openvino` on a copy of the committed
+    repository: every classifier switches runtime, nothing else changes, the committed one stays."""
+    import shutil
+
+    from export.model_repository import main
+
+    repo = tmp_path / "deploy"
+    shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    assert main(["configs", "--repo", str(repo), "--backend", "openvino"]) == 0
+    for config in repo.glob("*/config.pbtxt"):
+        committed = (MODEL_REPOSITORY / config.parent.name / "config.pbtxt").read_text()
+        if config.parent.name.endswith("_classifier"):
+            assert 'backend: "openvino"' in config.read_text() and 'backend: "onnxruntime"' in committed
+        else:
+            assert config.read_text() == committed
