@@ -212,6 +212,16 @@ def test_openvino_backend_serves_the_probabilities_onnxruntime_serves(runtime_se
         data = path.read_bytes()
         np.testing.assert_allclose(classify(runtime_server, "devov", data), classify(runtime_server, "dev", data),
                                    rtol=1e-4, atol=1e-5)
+    # Several photos in one request: one batch through OpenVINO, split back in order.
+    photos = [path.read_bytes() for path in SAMPLES[4:7]]
+    client = grpcclient.InferenceServerClient(runtime_server.grpc_url)
+    answers = {}
+    for model in ("dev", "devov"):
+        tensor = grpcclient.InferInput("image_bytes", [len(photos), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[data] for data in photos], dtype=object))
+        answers[model] = client.infer(model, [tensor]).as_numpy("probabilities")
+    assert answers["devov"].shape == (3, 12)
+    np.testing.assert_allclose(answers["devov"], answers["dev"], rtol=1e-4, atol=1e-5)
     log = runtime_server.log_tail(100000)
     assert "devov_classifier_0_0: openvino" in log and "inference precision" in log
 
