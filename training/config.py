@@ -51,6 +51,7 @@ class TrainConfig:
     mix_prob: float = 0.3  # share of batches mixed, half by mixup, half by cutmix
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
+    outlier_prob: float = 0.05  # share of training views replaced by generated non-waste pictures, uniform target
     class_weight_power: float = 0.5  # sample weight = (inverse class frequency) ** power, mean 1; 0 = none
     bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
     workers: int = 2  # threads preparing augmented batches while the model trains

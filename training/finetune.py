@@ -2,6 +2,7 @@
 
     python -m training finetune --config training/configs/effnet_lite0_ft.toml [key=value ...]
     python -m training finetune --resume RUN_DIR     # continue a stopped run from its last finished epoch
+    (either with --stop-after N: run N epochs now, checkpoint, stop)
 
 Every layer trains (the `train` command trains only the top blocks over cached activations), on
 views made on the fly by `training.augment.train_view` from the server's own decode, trim and
@@ -12,6 +13,8 @@ letterbox. The recipe, each part a config key so an ablation can switch it off:
 - augmentation matching the shift suite: re-staging on backgrounds in 16:9/9:16 frames,
   perspective, colour and white balance, light, blur, noise, JPEG (`restage_prob`, `augment_strength`);
 - class balance by sample weights, inverse frequency to the power `class_weight_power`;
+- outlier exposure: a share `outlier_prob` of the training views are generated non-waste pictures
+  (training/nonwaste.py, seeds apart from the evaluation set's) with a uniform target;
 - progressive resizing (`sizes = "160:4,192:3,224:3"`): the early epochs at a smaller size cost half
   the CPU; the last ones are at the served 224 px.
 
@@ -47,6 +50,7 @@ from training.augment import train_view  # noqa: E402
 from training.config import TrainConfig, parse_overrides  # noqa: E402
 from training.dataset import load_split, resolve_classes  # noqa: E402
 from training.model import build_model, freeze_batchnorm  # noqa: E402
+from training.nonwaste import KINDS, TRAIN_SEED, nonwaste_image  # noqa: E402
 from training.plots import plot_history  # noqa: E402
 from training.preprocessing import imaging  # noqa: E402
 
@@ -96,6 +100,16 @@ class AugmentedBatches(keras.utils.PyDataset):
         labels = np.array([self.items[i][1] for i in sel])
         y = np.eye(self.num_classes, dtype=np.float32)[labels]
         w = self.weights[labels]
+        # Outlier exposure: a few non-waste pictures with a uniform target teach the model to spread its
+        # probability when there is no item, which the "not sure" threshold relies on.
+        for j in np.flatnonzero(rng.random(len(sel)) < cfg.outlier_prob):
+            kind = KINDS[int(rng.integers(len(KINDS)))]
+            side = 2 * self.size
+            shape = (side, side) if rng.random() < 0.4 else ((side * 16 // 9, side) if rng.random() < 0.5
+                                                              else (side, side * 16 // 9))
+            picture = nonwaste_image(np.random.default_rng([TRAIN_SEED, self.epoch, idx, int(j)]), kind, shape)
+            x[j] = imaging.letterbox(imaging.trim_background(picture), self.size)
+            y[j], w[j] = 1.0 / self.num_classes, 1.0
         if rng.random() < cfg.mix_prob:
             x, y, w = mix(x, y, w, rng, cfg.mixup_alpha, cfg.cutmix_alpha)
         return x, y, w
@@ -197,6 +211,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML file (training/configs/...)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    parser.add_argument("--stop-after", type=int, default=0, metavar="N",
+                        help="stop after N epochs in this call (resumable); 0 = run to the end")
     parser.add_argument("overrides", nargs="*", help="key=value overriding the config (not with --resume)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -247,7 +263,8 @@ def main(argv=None) -> dict:
     weights = class_weights(y_train, len(classes), cfg.class_weight_power)
     val_pixels = served_pixels(splits["val"], cfg.image_size)
 
-    for epoch in range(state["epoch"], len(sizes)):
+    last = len(sizes) if not args.stop_after else min(len(sizes), state["epoch"] + args.stop_after)
+    for epoch in range(state["epoch"], last):
         t0 = time.time()
         keras.utils.set_random_seed(cfg.seed * 1000 + epoch)  # dropout masks: a resumed epoch repeats exactly
         data = AugmentedBatches(splits["train"], len(classes), cfg, sizes[epoch], epoch, weights)
