@@ -115,6 +115,21 @@ class AugmentedBatches(keras.utils.PyDataset):
         return x, y, w
 
 
+class StepLog(keras.callbacks.Callback):
+    """A log line every `every` steps (step, seconds per step, loss): an epoch can take an hour on a shared CPU."""
+
+    def __init__(self, epoch: int, steps: int, every: int = 25):
+        super().__init__()
+        self.epoch, self.steps, self.every, self.t0 = epoch, steps, every, time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0:
+            rate = (time.time() - self.t0) / (batch + 1)
+            logger.info("epoch %d step %d/%d: %.1f s/step, about %.0f min left in the epoch, loss %.4f",
+                        self.epoch, batch + 1, self.steps, rate, rate * (self.steps - batch - 1) / 60,
+                        float((logs or {}).get("loss", float("nan"))))
+
+
 def mix(x, y, w, rng: np.random.Generator, mixup_alpha: float, cutmix_alpha: float):
     """Mixup (blend two images) or cutmix (paste a box of one into the other), chosen at random; targets follow the area."""
     perm = rng.permutation(len(x))
@@ -268,7 +283,9 @@ def main(argv=None) -> dict:
         t0 = time.time()
         keras.utils.set_random_seed(cfg.seed * 1000 + epoch)  # dropout masks: a resumed epoch repeats exactly
         data = AugmentedBatches(splits["train"], len(classes), cfg, sizes[epoch], epoch, weights)
-        fit = model.fit(data, epochs=1, verbose=1 if sys.stderr.isatty() else 2)
+        tty = sys.stderr.isatty()
+        fit = model.fit(data, epochs=1, verbose=1 if tty else 2,
+                        callbacks=[] if tty else [StepLog(epoch + 1, len(data))])
         row = {"epoch": epoch + 1, "size": sizes[epoch], "loss": float(fit.history["loss"][-1]),
                "accuracy": float(fit.history["accuracy"][-1]), **validate(model, val_pixels, y_val),
                "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}
