@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract import PAD_VALUE
+
 #: Cells per side; 7 makes 32-pixel cells on the 224-pixel input and 49 occluded copies.
 GRID = 7
 #: Occluder value: the letterbox padding (CONTRACT.md), so a covered cell looks like background.
-FILL = 114
+FILL = PAD_VALUE
 
 
 def occluded_copies(pixels: np.ndarray, grid: int = GRID, fill: int = FILL) -> np.ndarray:

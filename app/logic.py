@@ -16,24 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+import contract
+
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_BINS = APP_DIR / "bins.toml"
 DEFAULT_URL = "127.0.0.1:8000"
-DEFAULT_MODEL = "effnet_lite0"
+DEFAULT_MODEL = contract.DEFAULT_MODEL
 #: Below this top probability the app asks instead of answering. 0.5 means "more likely this than
 #: everything else together", the plainest line a person can be told; the sidebar moves it.
 DEFAULT_THRESHOLD = 0.5
 #: Per uploaded file, in MB (Streamlit's unit, MiB): the server refuses an image over 32 MiB
-#: (`imaging.MAX_BYTES`) anyway, so a larger upload would only cost memory on both sides.
-DEFAULT_MAX_UPLOAD_MB = 32
+#: (`contract.MAX_IMAGE_BYTES`) anyway, so a larger upload would only cost memory on both sides.
+DEFAULT_MAX_UPLOAD_MB = contract.MAX_IMAGE_BYTES // (1024 * 1024)
 #: Images classified in one run: each costs a request plus a thumbnail held in the page, and a run
 #: of a few hundred would keep one session busy for minutes on a small server.
 DEFAULT_MAX_FILES = 50
-CLASSIFIER_SUFFIX = "_classifier"
-TTA_SUFFIX = "_tta"
+CLASSIFIER_SUFFIX = contract.CLASSIFIER_SUFFIX
+TTA_SUFFIX = contract.TTA_SUFFIX
 HOW_TO_START = (
     "Start one with `make serve` (or `.venv/bin/python -m server.launch`), or start the app with "
-    "`make app`, which starts a local server when none answers."
+    "`make app DEV=1` for a random-weight demo model."
 )
 
 

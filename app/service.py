@@ -1,29 +1,23 @@
 """The app's calls to the Triton server: ready models, classification, the letterboxed input, occlusion.
 
 Classification goes through `waste_client.Classifier`, so the app gives exactly the answers of the bulk
-scorer and of every other client. Two things the client library does not offer are asked of the
-server's own models by name (docs/CONTRACT.md): `preprocess` for "the image as the model sees it" (the
-server's letterbox, not a copy of it) and `<name>_classifier` for the occlusion batch.
+scorer and of every other client. Two more things are asked of the server's own models by name
+(docs/CONTRACT.md) through the client's raw `Classifier.infer`, with the same URLs, credentials and
+errors: `preprocess` for "the image as the model sees it" (the server's letterbox, not a copy of it)
+and `<name>_classifier` for the occlusion batch.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from waste_client import Classifier, ClassifierError, ModelInfo, Prediction
-# Private, but it is the one mapping of tritonclient/network failures to ClassifierError statuses;
-# the app must name failures exactly as the client does.
-from waste_client._errors import to_classifier_error
+from contract import (CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, PREPROCESS_INPUT, PREPROCESS_MODEL,
+                      PREPROCESS_OUTPUT)
+from waste_client import Classifier, ClassifierError, ClientSettings, ModelInfo, Prediction
 
 from app import heatmap
 from app.logic import CLASSIFIER_SUFFIX
-
-PREPROCESS_MODEL = "preprocess"
-PREPROCESS_INPUT = "preprocess_input"
-PREPROCESS_OUTPUT = "preprocess_output"
-CLASSIFIER_INPUT = "classifier_input"
-CLASSIFIER_OUTPUT = "classifier_output"
 
 
 class Service:
@@ -36,14 +30,20 @@ class Service:
     protocol : {"http", "grpc"}
     timeout : float
         Seconds per call. Short: a person is waiting, and a dead server must be reported at once.
+    settings : waste_client.ClientSettings, optional
+        TLS and credentials (default: the ``WASTE_*`` environment, as every client reads it).
     """
 
-    def __init__(self, url: str, protocol: str = "http", timeout: float = 30.0):
+    def __init__(self, url: str, protocol: str = "http", timeout: float = 30.0,
+                 settings: Optional[ClientSettings] = None):
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
+        # retries=0: the app reports an unreachable server instead of making a person wait
+        # through backoffs; they can press the button again.
+        self.settings = (settings or ClientSettings.from_env()).replace(
+            url=url, protocol=protocol, timeout=timeout, retries=0)
         self._classifiers: Dict[Tuple[str, str], Classifier] = {}
-        self._raw = None
         self._num_classes: Dict[str, int] = {}
 
     def __enter__(self) -> "Service":
@@ -52,31 +52,11 @@ class Service:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _classifier(self, model: str, version: str = "") -> Classifier:
+    def _classifier(self, model: str = "", version: str = "") -> Classifier:
         key = (model, version)
         if key not in self._classifiers:
-            # retries=0: the app reports an unreachable server instead of making a person wait
-            # through backoffs; they can press the button again.
-            self._classifiers[key] = Classifier(self.url, protocol=self.protocol, model=model,
-                                                version=version, timeout=self.timeout, retries=0)
+            self._classifiers[key] = Classifier(settings=self.settings, model=model, version=version)
         return self._classifiers[key]
-
-    def _module(self):
-        if self.protocol == "grpc":
-            import tritonclient.grpc as module
-        else:
-            import tritonclient.http as module
-        return module
-
-    def _client(self):
-        if self._raw is None:
-            module = self._module()
-            if self.protocol == "grpc":
-                self._raw = module.InferenceServerClient(self.url)
-            else:
-                self._raw = module.InferenceServerClient(
-                    self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
-        return self._raw
 
     def models(self) -> List[ModelInfo]:
         """The server's ready models.
@@ -104,12 +84,9 @@ class Service:
         ------
         ClassifierError
         """
-        module = self._module()
-        inp = module.InferInput(PREPROCESS_INPUT, [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-        out = module.InferRequestedOutput(PREPROCESS_OUTPUT)
-        result = self._infer(PREPROCESS_MODEL, [inp], [out])
-        return result.as_numpy(PREPROCESS_OUTPUT)[0]
+        arrays = self._classifier().infer(
+            PREPROCESS_MODEL, {PREPROCESS_INPUT: np.array([[data]], dtype=np.object_)}, [PREPROCESS_OUTPUT])
+        return arrays[PREPROCESS_OUTPUT][0]
 
     def class_scores(self, pixels: np.ndarray, classifier: str) -> List[Dict[str, float]]:
         """Every class's probability for each image of a uint8 (N, 224, 224, 3) batch, one request.
@@ -121,11 +98,10 @@ class Service:
         ------
         ClassifierError
         """
-        module = self._module()
-        inp = module.InferInput(CLASSIFIER_INPUT, list(pixels.shape), "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-        out = module.InferRequestedOutput(CLASSIFIER_OUTPUT, class_count=self._classes(classifier))
-        entries = self._infer(classifier, [inp], [out]).as_numpy(CLASSIFIER_OUTPUT)
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        entries = self._classifier().infer(
+            classifier, {CLASSIFIER_INPUT: pixels},
+            {CLASSIFIER_OUTPUT: self._classes(classifier)})[CLASSIFIER_OUTPUT]
         rows = []
         for row in entries.reshape(len(pixels), -1):
             scores = {}
@@ -164,32 +140,13 @@ class Service:
 
     def _classes(self, model: str) -> int:
         if model not in self._num_classes:
-            try:
-                meta = self._client().get_model_metadata(model, as_json=True) \
-                    if self.protocol == "grpc" else self._client().get_model_metadata(model)
-            except Exception as exc:  # noqa: BLE001
-                raise to_classifier_error(exc) from None
+            meta = self._classifier().model_metadata(model)
             output = next(o for o in meta["outputs"] if o["name"] == CLASSIFIER_OUTPUT)
             self._num_classes[model] = int(output["shape"][-1])
         return self._num_classes[model]
-
-    def _infer(self, model: str, inputs, outputs):
-        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-        try:
-            return self._client().infer(model, inputs, outputs=outputs, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one ClassifierError
-            raise to_classifier_error(exc) from None
 
     def close(self) -> None:
         """Close every connection; safe to call twice."""
         for clf in self._classifiers.values():
             clf.close()
         self._classifiers = {}
-        if self._raw is not None:
-            try:
-                self._raw.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-            self._raw = None
-
-

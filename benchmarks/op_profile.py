@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rows import INPUT_NAME
+from contract import CHANNELS, CLASSIFIER_INPUT as INPUT_NAME, INPUT_SIZE
 
 
 def node_kinds(optimized_onnx: Path) -> dict:
@@ -48,7 +48,7 @@ def profile(model: Path, threads: int = 1, batch: int = 4, runs: int = 20) -> li
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         kinds = node_kinds(Path(tmp) / "optimized.onnx")
-        pixels = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        pixels = np.random.default_rng(0).integers(0, 256, (batch, INPUT_SIZE, INPUT_SIZE, CHANNELS), dtype=np.uint8)
         session.run(None, {INPUT_NAME: pixels})
         for _ in range(runs):
             session.run(None, {INPUT_NAME: pixels})

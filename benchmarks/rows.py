@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -11,11 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.measure import CpuMeter, Row, metrics_delta, triton_metrics
+from contract import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, INPUT_SIZE, tta_model
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-COMMITTED_REPOSITORY = REPO_ROOT / "model_repository"
-SHARED_MODELS = ("preprocess", "tta_flip", "tta_mean")
-INPUT_NAME, OUTPUT_NAME = "classifier_input", "classifier_output"
+INPUT_NAME, OUTPUT_NAME = CLASSIFIER_INPUT, CLASSIFIER_OUTPUT
 
 
 # -- in-process onnxruntime ------------------------------------------------------------------------
@@ -85,7 +82,7 @@ def keras_one_by_one(encoded: list[bytes], keras_model: str | None, key: str, wh
         note = Path(keras_model).name
     else:
         # Same architecture and FLOPs as the ONNX rows; only the head's weights differ.
-        model = build_model("efficientnet_lite0", 224, "imagenet")
+        model = build_model("efficientnet_lite0", INPUT_SIZE, "imagenet")
         note = "efficientnet_lite0 built from training.model (ImageNet backbone)"
     if "uint8" not in str(model.inputs[0].dtype):
         model = serving_model(model)  # the served graph: uint8 pixels in, as in every other row
@@ -153,56 +150,6 @@ def matmul_flops_per_s(n: int = 1024, seconds: float = 2.0) -> float:
 
 # -- Triton ------------------------------------------------------------------------------------------
 
-def make_repository(dest: Path, onnx_path, name: str, *, batching: bool = True,
-                    edits: dict | None = None) -> Path:
-    """A temporary copy of the committed repository serving `onnx_path` as `<name>_classifier`.
-
-    The configs are the committed ones (so the bench measures what production serves); `batching`
-    False deletes every `dynamic_batching { ... }` block (row 4's variant), and `edits` maps a model
-    name to a function config_text -> config_text for other variants.
-    """
-    dest = Path(dest)
-    for model in (*SHARED_MODELS, name, f"{name}_tta", f"{name}_classifier"):
-        source = COMMITTED_REPOSITORY / model
-        if not source.is_dir():
-            from export.model_repository import write_model_configs
-
-            write_model_configs(dest, name)
-            continue
-        shutil.copytree(source, dest / model, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
-    # Only the file under test is served: every committed version directory of the classifier
-    # (with its export.json, whose sha256 names the committed file) is replaced by version 1.
-    classifier = dest / f"{name}_classifier"
-    for version in [p for p in classifier.iterdir() if p.is_dir() and p.name.isdigit()]:
-        shutil.rmtree(version)
-    target = classifier / "1" / "model.onnx"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, target)
-    for config in dest.glob("*/config.pbtxt"):
-        text = config.read_text()
-        if not batching:
-            text = remove_block(text, "dynamic_batching")
-        edit = (edits or {}).get(config.parent.name)
-        if edit:
-            text = edit(text)
-        config.write_text(text)
-    return dest
-
-
-def remove_block(text: str, key: str) -> str:
-    """Delete `key { ... }` (with nested braces) from a config.pbtxt text."""
-    start = text.find(f"{key} {{")
-    if start < 0:
-        return text
-    depth, i = 0, text.index("{", start)
-    while True:
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        i += 1
-        if depth == 0:
-            return text[:start] + f"# {key} removed by benchmarks (variant)\n" + text[i:]
-
-
 def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int, key: str,
                 what: str, warmup: list | None = None) -> tuple[Row, list[dict]]:
     """Rows 3-6: the bulk scorer's own code path (`score_folder` with a `Classifier`).
@@ -216,10 +163,10 @@ def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int
     class TimedClassifier(Classifier):
         latencies: list = []
 
-        def classify(self, path_or_bytes, top_k=5):
+        def classify(self, *args, **kwargs):
             t = time.perf_counter()
             try:
-                return super().classify(path_or_bytes, top_k)
+                return super().classify(*args, **kwargs)
             finally:
                 self.latencies.append(time.perf_counter() - t)
 
@@ -262,7 +209,7 @@ def warm_up(server, name: str, paths: list[str]) -> None:
     """A few requests to the plain and TTA ensembles: first runs allocate arenas and load code."""
     from waste_client import Classifier
 
-    for model in (name, f"{name}_tta"):
+    for model in (name, tta_model(name)):
         with Classifier(server.grpc_url, model=model, retries=0, concurrency=4) as client:
             for item in client.classify_many(paths, max_in_flight=4):
                 if not item.ok:
@@ -311,25 +258,6 @@ def phone_sized(encoded: list[bytes], size=(4032, 3024), quality: int = 90) -> l
     return out
 
 
-def imaging_at(commit: str, dest: Path):
-    """The `imaging` module as it was at `commit` (for a before/after row), or None without git history."""
-    import importlib.util
-    import subprocess
-
-    relpath = "model_repository/preprocess/1/imaging.py"
-    try:
-        source = subprocess.run(["git", "-C", str(REPO_ROOT), "show", f"{commit}:{relpath}"],
-                                capture_output=True, check=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    dest = Path(dest)
-    dest.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"imaging_{commit}", dest)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def triton_shm_loop(server, model: str, encoded: list[bytes], in_flight: int, key: str, what: str,
                     *, shared_memory: bool) -> tuple[Row, list[dict]]:
     """Rows 3m/3m0: a plain gRPC loop with or without system shared memory for the input.
@@ -360,7 +288,7 @@ def triton_shm_loop(server, model: str, encoded: list[bytes], in_flight: int, ke
     latencies: list = []
 
     def one(data: bytes) -> None:
-        inp = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+        inp = grpcclient.InferInput(ENSEMBLE_INPUT, [1, 1], "BYTES")
         array = np.array([[data]], dtype=np.object_)
         t = time.perf_counter()
         if shared_memory:
@@ -372,7 +300,7 @@ def triton_shm_loop(server, model: str, encoded: list[bytes], in_flight: int, ke
             inp.set_shared_memory(name, len(serialized.item()))
         else:
             inp.set_data_from_numpy(array)
-        client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=5)])
+        client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(ENSEMBLE_OUTPUT, class_count=5)])
         latencies.append(time.perf_counter() - t)
 
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -23,19 +22,13 @@ import numpy as np
 
 
 def publish(onnx_path: Path, repo: Path, name: str, record: dict) -> Path:
-    from export.model_repository import classifier_model_name, next_version, write_model_configs
-    from export.onnx_export import sha256
+    """Write the configs, then publish `onnx_path` as the next version (atomically); return the model file."""
+    from export.model_repository import MODEL_FILE, classifier_model_name, publish_version, write_model_configs
 
-    model_dir = repo / classifier_model_name(name)
-    version = next_version(model_dir)
-    target = model_dir / str(version) / "model.onnx"
-    target.parent.mkdir(parents=True, exist_ok=False)
-    shutil.copyfile(onnx_path, target)
     write_model_configs(repo, name)
-    record = {**record, "name": name, "version": version, "sha256": sha256(target),
-              "bytes": target.stat().st_size, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (target.parent / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-    return target
+    record = {**record, "name": name, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    version_dir = publish_version(repo / classifier_model_name(name), {MODEL_FILE: onnx_path}, record=record)
+    return version_dir / MODEL_FILE
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,6 @@ message saying so and that nothing local was changed. The token comes from `HF_T
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, TypeVar
 
-from export.model_repository import classifier_model_name, next_version, write_ensemble_configs
+from export.model_repository import classifier_model_name, next_version, publish_version, write_ensemble_configs
 
 T = TypeVar("T")
 MODEL_FILE = "model.onnx"
@@ -210,17 +209,11 @@ def install_snapshot(snapshot, name: str, repository, *, version: Optional[int] 
     target_dir = Path(repository) / model
     if as_version is None:
         as_version = version if not (target_dir / str(version)).exists() else next_version(target_dir)
-    target = target_dir / str(as_version)
-    if target.exists():
-        raise HubError(f"{target} exists already; choose another --as-version")
-    target_dir.mkdir(parents=True, exist_ok=True)
-    # Copy beside, then rename: a server polling the repository never sees a half-written version.
-    staging = Path(tempfile.mkdtemp(prefix=f".{as_version}-", dir=target_dir))
-    try:
-        shutil.copytree(source / str(version), staging, dirs_exist_ok=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if (target_dir / str(as_version)).exists():
+        raise HubError(f"{target_dir / str(as_version)} exists already; choose another --as-version")
+    files = {p.name: p for p in (source / str(version)).iterdir() if p.is_file()}
+    # Published atomically: a server polling the repository never sees a half-written version.
+    target = publish_version(target_dir, files, version=as_version)
     for name_ in ("config.pbtxt", "labels.txt"):
         shutil.copy2(source / name_, target_dir / name_)
     if not (Path(repository) / name / "config.pbtxt").is_file() or \

@@ -1,222 +1,156 @@
-"""Write a classifier and its two ensembles into a Triton model repository (docs/CONTRACT.md).
+"""The one writer of Triton model repositories (docs/CONTRACT.md, docs/ARCHITECTURE.md).
 
-For a classifier `name` this writes:
+Every servable repository is made here: the committed `model_repository/` (its configs), the
+tests' dev repositories, the app's dev repository (`make dev-repository`), the benchmark's and
+the load test's variants. Config text comes from `export.model_configs` with keyword options;
+nothing edits an existing `config.pbtxt`.
 
-- `<name>_classifier/config.pbtxt` + `labels.txt` (the ONNX file goes in `<name>_classifier/<v>/model.onnx`)
+For a classifier `name` a repository holds:
+
+- `<name>_classifier/config.pbtxt` + `labels.txt` + `<version>/model.onnx` (+ `export.json`)
 - `<name>/config.pbtxt` + `labels.txt` + `1/`       ensemble preprocess -> classifier
 - `<name>_tta/config.pbtxt` + `labels.txt` + `1/`   ensemble preprocess -> (image, tta_flip) -> classifier x2 -> tta_mean
 
-The shared models `preprocess`, `tta_flip`, `tta_mean` are committed in `model_repository/` and are
-not written here. `write_dev_classifier` builds a random-weight ONNX with the contract's I/O for tests.
+plus the shared models `preprocess`, `tta_flip`, `tta_mean`, whose code (`1/*.py`) is copied from
+the committed repository. A version directory is published atomically (`publish_version`):
+written beside the model under a name Triton ignores, then renamed into place.
+
+    python -m export.model_repository configs                 # rewrite the committed repository's configs
+    python -m export.model_repository dev DEST [--name dev]   # a repository with a random-weight classifier
+    python -m export.model_repository latest NAME             # the model file Triton serves for NAME
 """
 from __future__ import annotations
 
-import re
+import argparse
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from training.labels import CLASSES  # the one list of classes, in output order
+from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, EXPORT_RECORD, INPUT_SIZE,
+                      LABELS_FILE, PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL,
+                      classifier_model, tta_model)
+from contract import file_sha256 as sha256
+from export.model_configs import (Serving, check_name, classifier_config, ensemble_config,
+                                  preprocess_config, tta_flip_config, tta_mean_config)
 
-INPUT_SIZE = 224
-CLASSIFIER_INPUT = "classifier_input"
-CLASSIFIER_OUTPUT = "classifier_output"
-ENSEMBLE_INPUT = "image_bytes"
-ENSEMBLE_OUTPUT = "probabilities"
-#: Batch limit of classifier and ensembles; must not exceed the shared models' (preprocess: 64).
-MAX_BATCH_SIZE = 64
-PREFERRED_BATCH_SIZES = (8, 16, 32)
-MAX_QUEUE_DELAY_US = 0
-#: Requests that may wait in the classifier's queue before new ones are refused with UNAVAILABLE:
-#: at the ~100 images/s the 2-core box sustains (BENCHMARKS.md), 64 is well under a second of work.
-MAX_QUEUE_SIZE = 64
-#: A request still queued after this long is refused (UNAVAILABLE) instead of answered late; clients
-#: may ask for less (allow_timeout_override), never for more.
-QUEUE_TIMEOUT_US = 3_000_000
+logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The committed repository: source of the shared models' code.
+COMMITTED = REPO_ROOT / "model_repository"
+MODEL_FILE = "model.onnx"
+RECORD_FILE = EXPORT_RECORD
+
+__all__ = [
+    "COMMITTED", "MODEL_FILE", "RECORD_FILE", "Serving", "build_dev_classifier", "classifier_config",
+    "classifier_model_name", "ensemble_config", "latest_version", "next_version", "publish_version",
+    "sha256", "write_classifier_config", "write_dev_classifier", "write_ensemble_configs", "write_labels",
+    "write_model_configs", "write_repository", "write_shared_models",
+]
 
 
 def classifier_model_name(name: str) -> str:
-    """`effnet_lite0` -> `effnet_lite0_classifier`."""
-    return f"{name}_classifier"
+    """`effnet_lite0` -> `effnet_lite0_classifier` (``contract.classifier_model``)."""
+    return classifier_model(name)
 
 
 def write_labels(model_dir, classes=CLASSES) -> Path:
     """Write `labels.txt` (one class per line, index order) into `model_dir`; return its path."""
-    path = Path(model_dir) / "labels.txt"
+    path = Path(model_dir) / LABELS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{label}\n" for label in classes))
     return path
 
 
-def classifier_config(name: str, *, max_batch_size: int = MAX_BATCH_SIZE,
-                      preferred_batch_sizes=PREFERRED_BATCH_SIZES,
-                      max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
-                      max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_us: int = QUEUE_TIMEOUT_US,
-                      instance_count: int = 2, intra_op_threads: int = 1,
-                      num_classes: int = len(CLASSES)) -> str:
-    """config.pbtxt text of `<name>_classifier` (backend onnxruntime, `1/model.onnx`)."""
-    _check_name(name)
-    preferred = ", ".join(str(size) for size in preferred_batch_sizes)
-    return f'''# Classifier `{name}`: ONNX, uint8 NHWC in (normalisation inside the graph), softmax out.
-# Written by export/model_repository.py; edit the writer, not this file.
-name: "{classifier_model_name(name)}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{CLASSIFIER_INPUT}"
-    data_type: TYPE_UINT8
-    dims: [ {INPUT_SIZE}, {INPUT_SIZE}, 3 ]
-  }}
-]
-output [
-  {{
-    name: "{CLASSIFIER_OUTPUT}"
-    data_type: TYPE_FP32
-    dims: [ {num_classes} ]
-    label_filename: "labels.txt"
-  }}
-]
-# Measured with the trained EfficientNet-Lite0 (`make bench`, BENCHMARKS.md): on this 2-core CPU
-# its in-process throughput is nearly flat in the batch size (depthwise layers are memory-bound),
-# so batching saves only the ~1 ms per-call overhead, while any batcher delay is pure waiting at
-# one request in flight (delays of 5 ms here + 1 ms in preprocess -> none took p50 from 29.3 to
-# 21.3 ms, row V1). Under load batches still form without a delay: requests queued while both
-# instances are busy run together when one frees (mean batch ~4 at 16 in flight).
-# Delay {max_queue_delay_us / 1000:g} ms, preferred sizes {preferred}.
-dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {max_queue_delay_us}
-  # Overload: an unbounded queue turns "too many requests" into latency that grows without limit
-  # (every queued request waits for all before it). Bounded, the server answers UNAVAILABLE at once
-  # ("Exceeds maximum queue size") and the client backs off and retries (waste_client retries
-  # UNAVAILABLE). {max_queue_size} requests are ~{max_queue_size / 100:g} s of work at the ~100 images/s the 2-core
-  # box sustains; a request still queued after {queue_timeout_us / 1e6:g} s (a slower box, a stalled instance) is
-  # refused the same way rather than answered after its client gave up.
-  default_queue_policy {{
-    max_queue_size: {max_queue_size}
-    timeout_action: REJECT
-    default_timeout_microseconds: {queue_timeout_us}
-    allow_timeout_override: true
-  }}
-}}
-# Two single-threaded instances, not one using both cores: measured (`make bench`, row V2)
-# 92.1 images/s end to end at 16 in flight against 60.5 for one 2-thread instance, because an
-# intra-op-parallel layer waits for its slowest thread and on a shared 2-core box one of the two
-# is often descheduled; two independent instances keep both cores busy. The price: one request
-# alone runs on one core (classifier ~13 ms instead of ~7 ms at one request in flight).
-instance_group [
-  {{
-    count: {instance_count}
-    kind: KIND_CPU
-  }}
-]
-# Understood by the native ONNX Runtime backend and by our stand-in alike.
-parameters {{
-  key: "intra_op_thread_count"
-  value: {{ string_value: "{intra_op_threads}" }}
-}}
-'''
-
-
-def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    num_classes: int = len(CLASSES)) -> str:
-    """config.pbtxt text of the ensemble `<name>` (tta=False) or `<name>_tta` (tta=True)."""
-    _check_name(name)
-    classifier = classifier_model_name(name)
-    preprocess_step = _step("preprocess", {"preprocess_input": ENSEMBLE_INPUT},
-                            {"preprocess_output": "image"})
-    if tta:
-        steps = [
-            preprocess_step,
-            _step("tta_flip", {"tta_flip_input": "image"}, {"tta_flip_output": "image_flipped"}),
-            _step(classifier, {CLASSIFIER_INPUT: "image"}, {CLASSIFIER_OUTPUT: "probabilities_original"}),
-            _step(classifier, {CLASSIFIER_INPUT: "image_flipped"}, {CLASSIFIER_OUTPUT: "probabilities_flipped"}),
-            _step("tta_mean", {"tta_mean_input_0": "probabilities_original",
-                               "tta_mean_input_1": "probabilities_flipped"},
-                  {"tta_mean_output": ENSEMBLE_OUTPUT}),
-        ]
-        title = (f"Ensemble `{name}_tta`: preprocess, then the classifier on the image and on its "
-                 "horizontal flip, probabilities averaged on the server.")
-    else:
-        steps = [preprocess_step,
-                 _step(classifier, {CLASSIFIER_INPUT: "image"}, {CLASSIFIER_OUTPUT: ENSEMBLE_OUTPUT})]
-        title = f"Ensemble `{name}`: encoded image bytes -> preprocess -> `{classifier}`."
-    model_name = f"{name}_tta" if tta else name
-    step_text = ",\n".join(steps)
-    return f'''# {title}
-# Written by export/model_repository.py; edit the writer, not this file.
-name: "{model_name}"
-platform: "ensemble"
-# Ensembles have no batcher of their own: batching happens in each step's dynamic batcher. The
-# limit may not exceed any step's max_batch_size ({MAX_BATCH_SIZE}). Nor a queue: overload is bounded
-# by each step's default_queue_policy (max_queue_size, queue timeout), whose UNAVAILABLE the
-# ensemble returns as is.
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{ENSEMBLE_INPUT}"
-    data_type: TYPE_STRING
-    dims: [ 1 ]
-  }}
-]
-output [
-  {{
-    name: "{ENSEMBLE_OUTPUT}"
-    data_type: TYPE_FP32
-    dims: [ {num_classes} ]
-    # Lets clients ask the ensemble itself for classification (score:index:label).
-    label_filename: "labels.txt"
-  }}
-]
-ensemble_scheduling {{
-  step [
-{step_text}
-  ]
-}}
-'''
-
-
-def _step(model: str, inputs: dict, outputs: dict) -> str:
-    lines = ["    {", f'      model_name: "{model}"', "      model_version: -1"]
-    lines += [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
-    lines += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
-    lines.append("    }")
-    return "\n".join(lines)
+def _write_config(model_dir: Path, text: str, labels: bool) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text)
+    if labels:
+        write_labels(model_dir)
+    return model_dir
 
 
 def write_classifier_config(repo_dir, name: str, **options) -> Path:
     """Write `<name>_classifier/config.pbtxt` and `labels.txt`; return the model directory.
 
-    `options` go to `classifier_config` (batch sizes, queue delay, instance count, threads).
+    `options` are `Serving` fields (instances, threads, batching, queue, accelerator, cache, warmup).
     """
-    model_dir = Path(repo_dir) / classifier_model_name(name)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(classifier_config(name, **options))
-    write_labels(model_dir)
-    return model_dir
+    return _write_config(Path(repo_dir) / classifier_model(name), classifier_config(name, **options), True)
 
 
-def write_ensemble_configs(repo_dir, name: str) -> list[Path]:
+def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True) -> list[Path]:
     """Write the ensembles `<name>` and `<name>_tta` (config, labels, empty `1/`); return their dirs."""
     dirs = []
     for tta in (False, True):
-        model_dir = Path(repo_dir) / (f"{name}_tta" if tta else name)
+        model_dir = Path(repo_dir) / (tta_model(name) if tta else name)
         # Triton needs a version directory even for an ensemble; `.gitkeep` lets git carry it.
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         (model_dir / "1" / ".gitkeep").touch()
-        (model_dir / "config.pbtxt").write_text(ensemble_config(name, tta=tta))
-        write_labels(model_dir)
-        dirs.append(model_dir)
+        dirs.append(_write_config(model_dir, ensemble_config(name, tta=tta, response_cache=response_cache), True))
     return dirs
 
 
-def write_model_configs(repo_dir, name: str, **classifier_options) -> list[Path]:
-    """Classifier config + both ensembles for `name`: everything except the ONNX file."""
+def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None, **classifier_options) -> list[Path]:
+    """Classifier config + both ensembles for `name`: everything except the ONNX file.
+
+    Parameters
+    ----------
+    repo_dir : path
+        The repository.
+    name : str
+        The classifier's ensemble name.
+    ensemble : mapping, optional
+        Options of the ensembles (``response_cache``).
+    **classifier_options
+        `Serving` fields for the classifier.
+
+    Returns
+    -------
+    list of Path
+        The classifier's and the two ensembles' directories.
+    """
     return [write_classifier_config(repo_dir, name, **classifier_options),
-            *write_ensemble_configs(repo_dir, name)]
+            *write_ensemble_configs(repo_dir, name, **dict(ensemble or {}))]
+
+
+def write_shared_models(repo_dir, *, source=COMMITTED, preprocess: Mapping | None = None,
+                        tta_flip: Mapping | None = None, tta_mean: Mapping | None = None) -> list[Path]:
+    """The shared models in `repo_dir`: code copied from `source` (unless the same), configs written.
+
+    Parameters
+    ----------
+    repo_dir : path
+        The repository.
+    source : path
+        Repository holding `preprocess/1/*.py`, `tta_flip/1/model.py`, `tta_mean/1/model.py`.
+    preprocess, tta_flip, tta_mean : mapping, optional
+        `Serving` fields of each.
+
+    Returns
+    -------
+    list of Path
+        The three model directories.
+    """
+    repo_dir, source = Path(repo_dir), Path(source)
+    writers = {PREPROCESS_MODEL: (preprocess_config, preprocess, False),
+               TTA_FLIP_MODEL: (tta_flip_config, tta_flip, False),
+               TTA_MEAN_MODEL: (tta_mean_config, tta_mean, True)}
+    dirs = []
+    for name in SHARED_MODELS:
+        write, options, labels = writers[name]
+        if repo_dir.resolve() != source.resolve():
+            shutil.copytree(source / name / "1", repo_dir / name / "1", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        dirs.append(_write_config(repo_dir / name, write(**dict(options or {})), labels))
+    return dirs
 
 
 def next_version(model_dir) -> int:
@@ -225,6 +159,139 @@ def next_version(model_dir) -> int:
     versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
         if model_dir.is_dir() else []
     return max(versions, default=0) + 1
+
+
+def latest_version(model_dir) -> Path:
+    """The model file Triton serves by default from `model_dir`: the highest numeric version's."""
+    model_dir = Path(model_dir)
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if model_dir.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"{model_dir} has no version directory")
+    return model_dir / str(max(versions)) / MODEL_FILE
+
+
+def publish_version(model_dir, files: Mapping[str, object], version: int | None = None,
+                    record: Mapping | None = None) -> Path:
+    """Publish a new version directory of a model atomically; return it.
+
+    The files are written into a staging directory beside the versions (a name Triton ignores,
+    starting with '.'), then renamed to `<version>`: a server polling the repository sees either
+    no version or the complete one, never a half-copied model file. An existing version is never
+    overwritten.
+
+    Parameters
+    ----------
+    model_dir : path
+        `<repo>/<model>`.
+    files : mapping
+        File name in the version directory -> source path (copied) or bytes (written).
+    version : int, optional
+        The version number; default the next free one (retried if another writer takes it first).
+    record : mapping, optional
+        Written as `export.json`, with ``version``, ``sha256`` and ``bytes`` of `model.onnx` added.
+
+    Returns
+    -------
+    Path
+        The published version directory.
+
+    Raises
+    ------
+    FileExistsError
+        `version` was given and exists already.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        for file_name, content in files.items():
+            target = staging / file_name
+            if isinstance(content, (bytes, bytearray)):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
+        for _ in range(100):
+            number = next_version(model_dir) if version is None else int(version)
+            if record is not None:
+                model = staging / MODEL_FILE
+                data = {**record, "version": number}
+                if model.is_file():
+                    data.update(sha256=sha256(model), bytes=model.stat().st_size)
+                (staging / RECORD_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            _fsync_tree(staging)
+            target = model_dir / str(number)
+            if version is not None and target.exists():
+                raise FileExistsError(f"{target} exists already; versions are never overwritten")
+            try:
+                # rename(2) of a directory onto a missing name is atomic; onto an existing
+                # non-empty one it fails, so a version is never replaced.
+                os.rename(staging, target)
+            except OSError:
+                if not target.exists():
+                    raise
+                if version is not None:
+                    raise FileExistsError(f"{target} exists already; versions are never overwritten") from None
+                continue  # another writer took that number first: try the next one
+            logger.info("published %s", target)
+            return target
+        raise RuntimeError(f"could not find a free version in {model_dir}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def write_repository(dest, classifiers: Mapping[str, object] | None = None, *, dev: Iterable[str] = (),
+                     source=COMMITTED, classifier: Mapping | None = None, ensemble: Mapping | None = None,
+                     preprocess: Mapping | None = None, tta_flip: Mapping | None = None,
+                     tta_mean: Mapping | None = None, common: Mapping | None = None) -> Path:
+    """Write a complete servable repository into `dest`; return `dest`.
+
+    Parameters
+    ----------
+    dest : path
+        Directory to fill (created if missing; its other content is left alone).
+    classifiers : mapping, optional
+        Ensemble name -> ONNX file served as version 1 of `<name>_classifier`.
+    dev : iterable of str
+        Names served by a random-weight classifier (`build_dev_classifier`), for tests and demos.
+    source : path
+        Repository the shared models' code is copied from.
+    classifier, ensemble, preprocess, tta_flip, tta_mean : mapping, optional
+        `Serving` options per kind of model (the ensembles take only ``response_cache``).
+    common : mapping, optional
+        Options applied to every model that has them, under the per-kind ones
+        (``{"max_queue_size": 8}``, ``{"batching": False}``, ``{"response_cache": True}``).
+
+    Returns
+    -------
+    Path
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    common = dict(common or {})
+
+    def merged(options, accepts_all=True, names=()):
+        base = common if accepts_all else {k: v for k, v in common.items() if k in names}
+        return {**base, **dict(options or {})}
+
+    ensemble_names = set(inspect.signature(ensemble_config).parameters) - {"name", "tta"}
+    write_shared_models(dest, source=source, preprocess=merged(preprocess), tta_flip=merged(tta_flip),
+                        tta_mean=merged(tta_mean))
+    models = dict(classifiers or {})
+    for name in dev:
+        check_name(name)
+        models[name] = None
+    for name, onnx_path in models.items():
+        content = build_dev_classifier().SerializeToString() if onnx_path is None else Path(onnx_path)
+        publish_version(dest / classifier_model(name), {MODEL_FILE: content}, version=1)
+        write_model_configs(dest, name, ensemble=merged(ensemble, False, ensemble_names), **merged(classifier))
+    return dest
 
 
 def build_dev_classifier(seed: int = 0, num_classes: int = len(CLASSES)):
@@ -273,19 +340,66 @@ def build_dev_classifier(seed: int = 0, num_classes: int = len(CLASSES)):
 
 
 def write_dev_classifier(repo_dir, name: str, version: int = 1, seed: int = 0) -> Path:
-    """Write a random-weight `<name>_classifier/<version>/model.onnx` for server tests; return its path.
+    """Write a random-weight `<name>_classifier/<version>/model.onnx`; return its path.
 
-    Only the ONNX file: call `write_model_configs(repo_dir, name)` for the configs and ensembles.
+    Only the ONNX file, written in place (an existing file is replaced: fault tests use that to
+    swap a model under its record); `write_repository(dest, dev=[name])` makes a whole servable
+    repository, publishing the version atomically.
     """
-    import onnx
-
-    _check_name(name)
-    path = Path(repo_dir) / classifier_model_name(name) / str(version) / "model.onnx"
+    check_name(name)
+    path = Path(repo_dir) / classifier_model(name) / str(version) / MODEL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_dev_classifier(seed), str(path))
+    path.write_bytes(build_dev_classifier(seed).SerializeToString())
     return path
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise ValueError(f"model name {name!r} must be lower-case letters, digits, '_' or '-'")
+def committed_classifiers(repo_dir=COMMITTED) -> list[str]:
+    """Names of the classifiers in a repository (`<name>_classifier` directories), sorted."""
+    suffix = classifier_model("")
+    return sorted(p.name[: -len(suffix)] for p in Path(repo_dir).iterdir()
+                  if p.is_dir() and p.name.endswith(suffix) and (p / "config.pbtxt").is_file())
+
+
+def write_committed_configs(repo_dir=COMMITTED) -> list[Path]:
+    """Rewrite every config (and labels) of the committed repository with the defaults."""
+    dirs = write_shared_models(repo_dir, source=repo_dir)
+    for name in committed_classifiers(repo_dir):
+        dirs += write_model_configs(repo_dir, name)
+    return dirs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.model_repository",
+                                     description="Write model repositories (configs from the contract).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    configs = sub.add_parser("configs", help="rewrite the committed repository's configs and labels")
+    configs.add_argument("--repo", type=Path, default=COMMITTED)
+    dev = sub.add_parser("dev", help="write a repository serving a random-weight classifier")
+    dev.add_argument("dest", type=Path)
+    dev.add_argument("--name", default="dev")
+    latest = sub.add_parser("latest", help="print the model file Triton serves for NAME (its highest version)")
+    latest.add_argument("name")
+    latest.add_argument("--repo", type=Path, default=COMMITTED)
+    args = parser.parse_args(argv)
+    if args.command == "latest":
+        try:
+            print(latest_version(args.repo / classifier_model(args.name)))
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "configs":
+        for model_dir in write_committed_configs(args.repo):
+            print(f"wrote {model_dir / 'config.pbtxt'}")
+        return 0
+    if (args.dest / classifier_model(args.name)).exists():
+        print(f"error: {args.dest / classifier_model(args.name)} exists; choose an empty DEST", file=sys.stderr)
+        return 2
+    write_repository(args.dest, dev=[args.name])
+    print(f"wrote {args.dest} (serves {args.name}, {tta_model(args.name)}: random weights)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

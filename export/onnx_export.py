@@ -1,7 +1,6 @@
 """Keras run -> ONNX with the serving contract: UINT8 NHWC `classifier_input`, softmax `classifier_output`."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -9,7 +8,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-INPUT_NAME, OUTPUT_NAME = "classifier_input", "classifier_output"
+from contract import CLASSIFIER_INPUT as INPUT_NAME  # noqa: E402
+from contract import CLASSIFIER_OUTPUT as OUTPUT_NAME  # noqa: E402
 
 
 def load_run_model(run_dir: str | Path):
@@ -55,11 +55,3 @@ def parity(model, onnx_path: str | Path, pixels: np.ndarray) -> float:
     ours = session.run(None, {INPUT_NAME: pixels})[0]
     keras_probs = np.asarray(model.predict(pixels.astype(np.float32), verbose=0))
     return float(np.abs(ours - keras_probs).max())
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -15,7 +15,6 @@ integer kernels at session creation. `--format qoperator` writes QLinearConv etc
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -25,12 +24,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from contract import CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, DEFAULT_MODEL, classifier_model
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_MANIFEST = REPO_ROOT / "training" / "splits" / "garbage12_seed42.csv"
 DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "garbage12").resolve()
-DEFAULT_FP32 = REPO_ROOT / "model_repository" / "effnet_lite0_classifier" / "1" / "model.onnx"
-INPUT_NAME = "classifier_input"
-OUTPUT_NAME = "classifier_output"
+#: The production classifier; `--fp32` defaults to the version Triton serves (the highest).
+FP32_MODEL_DIR = REPO_ROOT / "model_repository" / classifier_model(DEFAULT_MODEL)
+INPUT_NAME, OUTPUT_NAME = CLASSIFIER_INPUT, CLASSIFIER_OUTPUT
 
 
 def split_items(split: str, manifest=SPLIT_MANIFEST, data_dir=DATA_DIR,
@@ -49,9 +50,9 @@ def split_items(split: str, manifest=SPLIT_MANIFEST, data_dir=DATA_DIR,
     -------
     list of (Path, str)
     """
-    with open(manifest, newline="") as handle:
-        rows = [(Path(data_dir) / r["relpath"], r["label"]) for r in csv.DictReader(handle)
-                if r["split"] == split]
+    from training.dataset import load_split  # the one reader of split manifests
+
+    rows = [(Path(path), CLASSES[index]) for path, index in load_split(manifest, data_dir)[split]]
     if limit is not None and limit < len(rows):
         order = np.random.default_rng(seed).permutation(len(rows))[:limit]
         rows = [rows[i] for i in sorted(order)]
@@ -135,14 +136,9 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
 
 def predict(onnx_path, pixels: np.ndarray, batch: int = 16, threads: int = 0) -> np.ndarray:
     """Probabilities (N, classes) of an ONNX classifier on pre-decoded uint8 pixels."""
-    import onnxruntime as ort
+    from training.evaluate import onnx_session, probabilities  # the one ONNX evaluation path
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    outputs = [session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0]
-               for i in range(0, len(pixels), batch)]
-    return np.concatenate(outputs)
+    return probabilities(onnx_session(onnx_path, threads), pixels, batch)
 
 
 def evaluate_onnx(onnx_path, items: Sequence[tuple], classes: Sequence[str] | None = None,
@@ -163,8 +159,6 @@ def evaluate_onnx(onnx_path, items: Sequence[tuple], classes: Sequence[str] | No
     dict
         Flat record: model, images, accuracy, predictions (array of class indices).
     """
-    from export.model_repository import CLASSES
-
     classes = list(classes or CLASSES)
     if pixels is None:
         pixels = load_pixels([p for p, _ in items])
@@ -188,7 +182,7 @@ def compare_int8(fp32_onnx, int8_onnx, items: Sequence[tuple]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="where to write the INT8 model")
-    parser.add_argument("--fp32", default=str(DEFAULT_FP32), help="FP32 ONNX (default: the repository's)")
+    parser.add_argument("--fp32", help="FP32 ONNX (default: the highest version the repository serves)")
     parser.add_argument("--calibration-count", type=int, default=128,
                         help="training-split images used for calibration")
     parser.add_argument("--format", choices=("qdq", "qoperator"), default="qdq")
@@ -196,6 +190,10 @@ def main(argv=None) -> int:
     parser.add_argument("--evaluate-count", type=int, default=0,
                         help="test-split images to compare FP32 and INT8 on (0: all, -1: skip)")
     args = parser.parse_args(argv)
+    if args.fp32 is None:
+        from export.model_repository import latest_version
+
+        args.fp32 = str(latest_version(FP32_MODEL_DIR))
     start = time.perf_counter()
     calibration = [p for p, _ in split_items("train", limit=args.calibration_count)]
     quantize_static(args.fp32, args.out, calibration, fmt=args.format, calibrate_method=args.method)

@@ -4,10 +4,11 @@ Run through `python -m load_tests.run` (it starts a server, passes the options b
 thresholds); by hand:
 
     .venv/bin/python -m locust -f load_tests/locustfile.py --headless -u 8 -r 8 -t 30s \
-        --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 --model effnet_lite0 GrpcUser HttpUser
+        --grpc-url 127.0.0.1:8001 --http-url 127.0.0.1:8000 GrpcUser HttpUser
 
 Every request sends one real encoded image file (cycled over `--images`, default the bundled
-samples) and is timed with `time.perf_counter()` around the tritonclient call, reported through
+samples) through the client library's raw `Classifier.infer` (retries off) and is timed with
+`time.perf_counter()` around that call, reported through
 `events.request` under the name `<protocol> <model>`. A request refused because a queue is full
 (UNAVAILABLE / HTTP 503) is reported as an `OverloadRejected` failure, every other error as
 `RequestFailed`, so the threshold check can tell deliberate overload from breakage.
@@ -30,12 +31,13 @@ import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 
+from contract import DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, is_image_name  # noqa: E402
 from load_tests.thresholds import check, load_thresholds  # noqa: E402
+from waste_client import Classifier, ClassifierError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO_ROOT / "samples" / "garbage12"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-INPUT_NAME, OUTPUT_NAME = "image_bytes", "probabilities"  # docs/CONTRACT.md, every ensemble
+INPUT_NAME, OUTPUT_NAME = ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
 log = logging.getLogger("load_tests")
 
 
@@ -51,7 +53,7 @@ class RequestFailed(Exception):
 def _options(parser):
     parser.add_argument("--grpc-url", default="", help="host:port of Triton's gRPC endpoint")
     parser.add_argument("--http-url", default="", help="host:port of Triton's HTTP endpoint")
-    parser.add_argument("--model", default="effnet_lite0", help="plain ensemble; TTA is <model>_tta")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="plain ensemble; TTA is <model>_tta")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of images to send")
     parser.add_argument("--plain-weight", type=int, default=3, help="weight of plain requests")
     parser.add_argument("--tta-weight", type=int, default=1, help="weight of TTA requests (0: none)")
@@ -68,20 +70,20 @@ def _options(parser):
 
 
 def _load_images(folder: str) -> list[bytes]:
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in Path(folder).rglob("*") if is_image_name(p.name))
     if not paths:
         raise FileNotFoundError(f"no images under {folder}")
     return [p.read_bytes() for p in paths]
 
 
 def _is_overload(exc: Exception) -> bool:
-    status = str(getattr(exc, "status", lambda: "")() or "")
-    text = f"{status} {exc}"
-    return "UNAVAILABLE" in text or status == "503" or "queue size" in text.lower()
+    # ClassifierError names HTTP 503/429 and gRPC's codes alike.
+    return isinstance(exc, ClassifierError) and (
+        exc.status in ("UNAVAILABLE", "RESOURCE_EXHAUSTED") or "queue size" in exc.message.lower())
 
 
 class TritonUser(User):
-    """Abstract user: one tritonclient per user, one image per request, plain or TTA by weight."""
+    """Abstract user: one `waste_client.Classifier` per user, one image per request, plain or TTA by weight."""
 
     abstract = True
     protocol = ""
@@ -103,10 +105,15 @@ class TritonUser(User):
         self.client.close()
 
     def make_client(self, options):
-        raise NotImplementedError
+        url = getattr(options, f"{self.protocol}_url")
+        if not url:
+            raise ValueError(f"{type(self).__name__} needs --{self.protocol}-url")
+        # retries=0: a refusal must be counted as one, not hidden behind the client's retries.
+        return Classifier(url, protocol=self.protocol, timeout=self.timeout, retries=0)
 
     def infer(self, model: str, data: bytes):
-        raise NotImplementedError
+        inputs = {INPUT_NAME: np.array([[data]], dtype=object)}
+        return self.client.infer(model, inputs, [OUTPUT_NAME])[OUTPUT_NAME]
 
     @task
     def classify(self):
@@ -136,40 +143,9 @@ class TritonUser(User):
 class GrpcUser(TritonUser):
     protocol = "grpc"
 
-    def make_client(self, options):
-        import tritonclient.grpc as grpcclient
-
-        if not options.grpc_url:
-            raise ValueError("GrpcUser needs --grpc-url")
-        self.module = grpcclient
-        return grpcclient.InferenceServerClient(options.grpc_url)
-
-    def infer(self, model, data):
-        tensor = self.module.InferInput(INPUT_NAME, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-        result = self.client.infer(model, [tensor], outputs=[self.module.InferRequestedOutput(OUTPUT_NAME)],
-                                   client_timeout=self.timeout)
-        return result.as_numpy(OUTPUT_NAME)
-
 
 class HttpUser(TritonUser):
     protocol = "http"
-
-    def make_client(self, options):
-        import tritonclient.http as httpclient
-
-        if not options.http_url:
-            raise ValueError("HttpUser needs --http-url")
-        self.module = httpclient
-        return httpclient.InferenceServerClient(options.http_url, network_timeout=self.timeout,
-                                                connection_timeout=self.timeout)
-
-    def infer(self, model, data):
-        tensor = self.module.InferInput(INPUT_NAME, [1, 1], "BYTES")
-        # Binary tensor data: JSON-encoding JPEG bytes would inflate and mangle them.
-        tensor.set_data_from_numpy(np.array([[data]], dtype=object), binary_data=True)
-        output = self.module.InferRequestedOutput(OUTPUT_NAME, binary_data=True)
-        return self.client.infer(model, [tensor], outputs=[output]).as_numpy(OUTPUT_NAME)
 
 
 _IMAGES: dict[str, list[bytes]] = {}

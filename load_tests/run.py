@@ -1,7 +1,7 @@
 """`make loadtest`: Locust headless against Triton, CSV + HTML report, thresholds, exit code.
 
     .venv/bin/python -m load_tests.run --users 8 --duration 30s [--url HOST:GRPC] [--http-url HOST:HTTP]
-        [--model effnet_lite0] [--protocols grpc,http] [--plain-weight 3 --tta-weight 1]
+        [--model NAME] [--protocols grpc,http] [--plain-weight 3 --tta-weight 1]
         [--scenario default|overload|smoke] [--set p95_ms=1500] [--images DIR] [--report-dir DIR]
         [--onnx PATH.onnx]
 
@@ -27,13 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from contract import DEFAULT_MODEL, classifier_model, is_image_name
 from load_tests.thresholds import RECOVERED_LATENCY_S, add_recovery, load_thresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 THRESHOLDS = Path(__file__).with_name("thresholds.toml")
-#: Queue bound written into the overload scenario's repository copy: a few batches of 16-32 are
-#: ~1 s of work at ~25 images/s, beyond which waiting is worse for a client than a fast refusal.
+#: Queue bound of preprocess and the classifier in the overload scenario's repository: a few
+#: batches of 16-32 are ~1 s of work at ~25 images/s, beyond which waiting is worse for a client
+#: than a fast refusal.
 OVERLOAD_QUEUE = 16
 
 
@@ -46,30 +48,18 @@ def parse_duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
-def bounded_queue(text: str, size: int = OVERLOAD_QUEUE) -> str:
-    """Add `default_queue_policy { max_queue_size }` to a config's dynamic_batching block."""
-    if "dynamic_batching {" not in text or "default_queue_policy" in text:
-        return text  # the committed configs already bound their queues (RELIABILITY.md)
-    return text.replace("dynamic_batching {", "dynamic_batching {\n  # overload scenario: shed load"
-                        f" once {size} requests wait\n  default_queue_policy {{ max_queue_size: {size} }}", 1)
-
-
 @contextlib.contextmanager
 def own_server(args):
-    """A tritonserver on a temporary repository copy (bounded queues in the overload scenario)."""
-    from benchmarks.rows import make_repository
+    """A tritonserver on a temporary repository (queues bounded at OVERLOAD_QUEUE for `overload`)."""
+    from export.model_repository import latest_version, write_repository
     from server.launch import TritonServer
 
-    from benchmarks.run import latest_version
-
-    onnx = Path(args.onnx) if args.onnx else latest_version(REPO_ROOT / "model_repository" / f"{args.model}_classifier")
+    onnx = Path(args.onnx) if args.onnx else latest_version(REPO_ROOT / "model_repository" / classifier_model(args.model))
     if not onnx.is_file():
         raise FileNotFoundError(f"{onnx} does not exist; pass --onnx PATH or --url of a running server")
-    edits = {}
-    if args.scenario == "overload":
-        edits = {m: bounded_queue for m in ("preprocess", f"{args.model}_classifier")}
+    overload = {"max_queue_size": OVERLOAD_QUEUE} if args.scenario == "overload" else {}
     with tempfile.TemporaryDirectory(prefix="loadtest-repo-") as tmp:
-        repo = make_repository(Path(tmp), onnx, args.model, edits=edits)
+        repo = write_repository(Path(tmp), {args.model: onnx}, preprocess=overload, classifier=overload)
         with TritonServer(repo, timeout=180) as server:
             yield server.grpc_url, server.http_url
 
@@ -103,7 +93,7 @@ def measure_recovery(grpc_url: str, http_url: str, model: str, images: str, give
     """
     from waste_client import Classifier, ClassifierError
 
-    image = next(p for p in sorted(Path(images).rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    image = next(p for p in sorted(Path(images).rglob("*")) if is_image_name(p.name))
     url, protocol = (grpc_url, "grpc") if grpc_url else (http_url, "http")
     start = time.perf_counter()
     with Classifier(url, protocol=protocol, model=model, timeout=RECOVERED_LATENCY_S, retries=0) as clf:
@@ -165,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--url", default="", help="gRPC host:port of a running server (skips starting one)")
     parser.add_argument("--http-url", default="", help="HTTP host:port of a running server")
     parser.add_argument("--protocols", type=lambda s: s.split(","), default=["grpc", "http"])
-    parser.add_argument("--model", default="effnet_lite0", help="ensemble; TTA requests go to <model>_tta")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="ensemble; TTA requests go to <model>_tta")
     parser.add_argument("--plain-weight", type=int, default=3)
     parser.add_argument("--tta-weight", type=int, default=1)
     parser.add_argument("--images", default=str(REPO_ROOT / "samples" / "garbage12"))

@@ -1,6 +1,6 @@
 """`make demo`: start the real Triton server, score a folder with the bulk scorer, print the results, stop.
 
-    python -m scripts.demo [FOLDER] [--model effnet_lite0] [--out results.csv]
+    python -m scripts.demo [FOLDER] [--model NAME] [--out results.csv]
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from contract import DEFAULT_MODEL
 from server.launch import TritonServer, TritonServerError
 from waste_client.cli import score_main
 
@@ -16,7 +17,7 @@ from waste_client.cli import score_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default="samples/garbage12")
-    parser.add_argument("--model", default="effnet_lite0")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--repo", default="model_repository")
     parser.add_argument("--out", help="results file (.csv or .jsonl); default: a fresh temporary file")
     args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 The wheel's `backends/` holds only the python backend, and its stub lives apart, one per Python
 version. Triton wants one directory with `python/` (libtriton_python.so, the stub, the utils module)
-and, for our stand-in, `onnxruntime/model.py`. That directory is built once per content under a cache
+and, for our stand-ins, `onnxruntime/model.py` and `openvino/model.py` with the `standin_common.py`
+they share. That directory is built once per content under a cache
 directory, never inside the repository.
 """
 from __future__ import annotations
@@ -20,8 +21,11 @@ import pytriton
 TRITON_DIST = Path(pytriton.__file__).resolve().parent / "tritonserver"
 #: Shared libraries the wheel's tritonserver and stub are linked against.
 TRITON_LIBS = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+BACKENDS = Path(__file__).resolve().parent / "backends"
 #: Our stand-in onnxruntime backend (a Python-based backend).
-ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+ONNXRUNTIME_BACKEND = BACKENDS / "onnxruntime" / "model.py"
+#: Our stand-in openvino backend (a Python-based backend on the `openvino` runtime).
+OPENVINO_BACKEND = BACKENDS / "openvino" / "model.py"
 
 
 def tritonserver_binary() -> Path:
@@ -50,6 +54,8 @@ def _sources() -> dict[str, Path]:
         "python/triton_python_backend_utils.py": python_dir / "triton_python_backend_utils.py",
         "python/triton_python_backend_stub": _stub_path(),
         "onnxruntime/model.py": ONNXRUNTIME_BACKEND,
+        "openvino/model.py": OPENVINO_BACKEND,
+        "standin_common.py": BACKENDS / "standin_common.py",
     }
 
 

@@ -1,15 +1,15 @@
 """Run the bundled tritonserver on a model repository: `TritonServer` for tests, `python -m server.launch`.
 
 `python -m server.launch` serves in the foreground with ports from HTTP_PORT / GRPC_PORT /
-METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repository`) and the bind
-address from HOST (127.0.0.1; a container sets 0.0.0.0).
+METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repository`), the bind
+address from HOST (127.0.0.1; a container sets 0.0.0.0) and the response cache's size in bytes from
+RESPONSE_CACHE_BYTES (0, the default: no cache).
 
 tritonserver 2.51 has no flag limiting the request size, so the limits live in the preprocess
 model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from contract import file_sha256
 from server.backend_dir import TRITON_DIST, prepare_backend_dir, server_env, tritonserver_binary
 
 
@@ -59,6 +60,9 @@ class TritonServer:
         More tritonserver flags, appended last so they override ours.
     keep_log : bool
         Keep the server log file after stop() (`log_path()`); tests leave it False.
+    cache_bytes : int
+        Size of Triton's `local` response cache (`--cache-config local,size=N`), allocated in CPU
+        memory at start and shared by every model whose config enables `response_cache`; 0: none.
     supervise : bool
         Watch the server and its Python backend stubs and restart tritonserver (same ports) when
         either dies. tritonserver 2.51 neither restarts a dead stub nor reports the model unready
@@ -69,7 +73,7 @@ class TritonServer:
     def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
                  timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = (),
-                 keep_log: bool = False, supervise: bool = False):
+                 keep_log: bool = False, supervise: bool = False, cache_bytes: int = 0):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.strict = strict
@@ -81,6 +85,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
         self.supervise = supervise
+        self.cache_bytes = int(cache_bytes)
         self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._log = None
@@ -115,11 +120,15 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--allow-gpu-metrics=false",
+            # Latency quantiles (p50..p99.9) per model: the p95 alert and dashboard need them
+            # (monitoring/, docs/OPERATIONS.md); 2.51 exports only cumulative counters otherwise.
+            "--metrics-config=summary_latencies=true",
             f"--exit-on-error={'true' if self.strict else 'false'}",
             f"--strict-readiness={'true' if self.strict else 'false'}",
             # Bounded shutdown: in-flight requests get 10 s, then the process exits anyway.
             "--exit-timeout-secs=10",
             f"--log-verbose={self.log_verbose}",
+            *([f"--cache-config=local,size={self.cache_bytes}"] if self.cache_bytes > 0 else []),
             *self.extra_args,
         ]
 
@@ -344,13 +353,10 @@ def verify_exports(model_repository) -> list[str]:
         if model_file is None:
             problems.append(f"{version_dir.parent.name} v{version_dir.name}: export.json but no model file")
             continue
-        digest = hashlib.sha256()
-        with open(model_file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        actual = file_sha256(model_file)
+        if actual != expected:
             problems.append(f"{version_dir.parent.name} v{version_dir.name}: {model_file.name} sha256 "
-                            f"{digest.hexdigest()[:16]}... does not match export.json {expected[:16]}...")
+                            f"{actual[:16]}... does not match export.json {expected[:16]}...")
     return problems
 
 
@@ -370,6 +376,7 @@ def main() -> int:
         strict=False,
         keep_log=True,
         supervise=True,
+        cache_bytes=int(os.environ.get("RESPONSE_CACHE_BYTES", "0")),
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -1,19 +1,17 @@
 """Shared server fixtures: `dev_server` (random-weight classifier `dev`) and `prod_server`."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from export.model_repository import write_dev_classifier, write_model_configs
+from contract import DEFAULT_MODEL, classifier_model
+from export.model_repository import write_repository
 from server.launch import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-PROD_MODEL = MODEL_REPOSITORY / "effnet_lite0_classifier" / "1" / "model.onnx"
-#: Models of the committed repository every classifier's ensembles need.
-SHARED_MODELS = ("preprocess", "tta_flip", "tta_mean")
+PROD_MODEL = MODEL_REPOSITORY / classifier_model(DEFAULT_MODEL) / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +21,7 @@ def dev_server(tmp_path_factory):
     The classifier has random weights, so tests check mechanics (wiring, batching, errors), never
     accuracy. The repository is a temporary copy: the committed one is never written to.
     """
-    repo = tmp_path_factory.mktemp("dev_model_repository")
-    for name in SHARED_MODELS:
-        shutil.copytree(MODEL_REPOSITORY / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    write_dev_classifier(repo, "dev")
-    write_model_configs(repo, "dev")
+    repo = write_repository(tmp_path_factory.mktemp("dev_model_repository"), dev=["dev"])
     with TritonServer(repo) as server:
         yield server
 
@@ -41,3 +34,53 @@ def prod_server():
                     "exported yet (training writes it)")
     with TritonServer(MODEL_REPOSITORY) as server:
         yield server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's standalone server, its own process on a free port).
+
+    Yields the environment a client needs to reach it: ``AWS_ENDPOINT_URL`` and test
+    credentials. Tests put it in ``os.environ`` (monkeypatch) or a subprocess's env; boto3,
+    s3fs and the scorer then read ``s3://`` from it like from any S3 store.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.1)
+        yield {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -277,7 +277,7 @@ def test_bulk_scorer_records_bad_files_as_error_rows(dev_server, cases, tmp_path
     code = client_main(["score", str(folder), "--url", dev_server.grpc_url, "--model", "dev",
                         "--out", str(out), "--no-progress", "--no-table", "--in-flight", "8"])
     assert code == 1  # 1: finished, with error rows
-    rows = {row["path"]: row for row in read_results(str(out))}
+    rows = {Path(row["path"]).name: row for row in read_results(str(out))}  # rows hold absolute paths
     assert set(rows) == set(expected)
     for filename, outcome in expected.items():
         row = rows[filename]

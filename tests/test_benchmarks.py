@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
 from benchmarks import rows as R
@@ -35,3 +36,65 @@ def test_phone_sized_photos_and_the_draft_switch():
     without = R.preprocess_only(imaging, [big], "2d0", "full", draft=False)
     assert with_draft.images == without.images == 1
     assert with_draft.latencies_s and without.latencies_s
+
+
+def test_the_plan_is_consistent():
+    from benchmarks import plan
+
+    plan.check_plan()
+    bad = plan.TritonRow("x", "X", "x", "nowhere")
+    with pytest.raises(ValueError, match="unknown variant"):
+        plan.check_plan(triton=(*plan.TRITON_PLAN, bad))
+    with pytest.raises(ValueError, match="repeat"):
+        plan.check_plan(triton=(*plan.TRITON_PLAN, plan.TRITON_PLAN[0]))
+
+
+def test_every_variant_is_a_repository_the_writer_makes(tmp_path):
+    """Each variant's options reach the configs (what the rows claim to compare)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from benchmarks import plan
+    from export.model_repository import build_dev_classifier, write_repository
+
+    onnx = tmp_path / "dev.onnx"
+    onnx.write_bytes(build_dev_classifier().SerializeToString())
+    configs = {}
+    for variant in plan.VARIANTS:
+        repo = write_repository(tmp_path / variant.key, {"m": onnx}, **variant.options)
+        configs[variant.key] = {p.parent.name: text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
+                                for p in repo.glob("*/config.pbtxt")}
+    on, off = configs["on"], configs["off"]
+    assert on["m_classifier"].HasField("dynamic_batching") and not off["m_classifier"].HasField("dynamic_batching")
+    assert not off["preprocess"].HasField("dynamic_batching")
+    assert configs["delay5"]["m_classifier"].dynamic_batching.max_queue_delay_microseconds == 5000
+    assert configs["delay5"]["preprocess"].dynamic_batching.max_queue_delay_microseconds == 1000
+    assert configs["one2"]["m_classifier"].instance_group[0].count == 1
+    assert configs["one2"]["m_classifier"].parameters["intra_op_thread_count"].string_value == "2"
+    assert on["m_classifier"].instance_group[0].count == 2
+
+
+def test_the_report_is_built_from_the_rows_alone():
+    from benchmarks import plan, report
+
+    def row(key, ips=100.0, note="grpc, 16 in flight"):
+        return Row(key, f"row {key}", 100, 100 / ips, [0.01, 0.02, 0.03], 50.0, 60.0, note, {"batch": 1})
+
+    m = {key: row(key) for key, _, _ in plan.PIXEL_SWEEPS}
+    m.update({r.label: row(r.key) for r in (*plan.LOCAL_PLAN, *plan.TRITON_PLAN)})
+    m["6a"], m["on16"], m["off16"], m["7"] = row("6a", 200.0), row("3r", 150.0), row("4", 100.0), row("7", 5.0)
+    sweeps = {"3": [row("3", 50.0, "grpc, 1 in flight"), row("3", 120.0)], "1": [m["1"]], "6a": [m["6a"]]}
+    accuracy = {"images": 10, "fp32_accuracy": 0.9, "int8_accuracy": 0.9, "change_points": 0.0, "top1_agreement": 1.0}
+    deltas = {"delay5": [{"model": "m", "requests": 1, "executions": 1, "mean_batch": 1.0, "request_ms": 9.0,
+                          "queue_ms": 5.0, "compute_infer_ms_per_exec": 3.0, "compute_io_ms_per_request": 0.1}]}
+    doc = report.document(command="python -m benchmarks.run", elapsed=1.0, machine={
+        "cpu_model": "cpu", "simd": "", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
+        "os": "Linux", "python": "3", "load_average": "0"}, setup={
+        "model": "m.onnx", "gflop": 0.7, "int8": "i.onnx", "images": 100, "rounds": 1, "source": "s"},
+        rows=list(m.values()), m=m, sweeps=sweeps, deltas=deltas, titles={"delay5": "delay5: x"},
+        accuracy=accuracy)
+    met = {name: value >= need for name, value, need in report.targets(m, sweeps["3"][1], accuracy)}
+    assert met["INT8 / FP32 in-process >= 1.5 (6a / 1)"] and met["E2E bulk >= 5x row 7"]
+    assert "| batching on / off at 16 in flight >= 1.5 (3r / 4) | 1.50 | 1.5 | yes |" in doc
+    assert "p50 -5.0 ms" in doc  # the delay row's prediction comes from its queue counters
+    assert "client in-flight count 1 -> best" in doc and "**delay5: x**" in doc

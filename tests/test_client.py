@@ -11,8 +11,8 @@ from tritonclient.utils import InferenceServerException
 from waste_client import AsyncClassifier, Classifier, ClassifierError, Prediction, RetryPolicy
 from waste_client._errors import normalize_status, to_classifier_error
 from waste_client._prediction import parse_class_entry, parse_classification
-from waste_client._request import UrlCycle, normalize_urls, read_input, ready_models
-from waste_client._retry import call_with_retry
+from waste_client._request import normalize_urls, read_input, ready_models
+from waste_client._retry import UrlPool, call_with_retry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
@@ -70,7 +70,11 @@ def test_normalize_status(raw, expected):
     (InferenceServerException("model raised", "StatusCode.INTERNAL"), "INTERNAL", False),
     (ConnectionRefusedError(111, "Connection refused"), "UNAVAILABLE", True),
     (ConnectionResetError(104, "Connection reset by peer"), "UNAVAILABLE", True),
-    (asyncio.TimeoutError(), "DEADLINE_EXCEEDED", False),
+    (asyncio.TimeoutError(), "DEADLINE_EXCEEDED", True),
+    (InferenceServerException("too many requests", "429"), "RESOURCE_EXHAUSTED", True),
+    (InferenceServerException("gateway timeout", "504"), "DEADLINE_EXCEEDED", True),
+    (InferenceServerException("no key", "401"), "UNAUTHENTICATED", False),
+    (InferenceServerException("wrong key", "403"), "PERMISSION_DENIED", False),
     (ValueError("boom"), "INTERNAL", False),
 ])
 def test_error_translation_and_transience(exc, status, transient):
@@ -128,14 +132,17 @@ def test_inputs_and_urls(tmp_path):
     assert read_input(f) == (b"xyz", str(f))
     with pytest.raises(ClassifierError) as info:
         read_input(tmp_path / "missing.jpg")
-    assert info.value.status == "NOT_FOUND"
+    assert info.value.status == "FILE_NOT_FOUND"
+    with pytest.raises(ClassifierError) as info:
+        read_input(tmp_path)
+    assert info.value.status == "INVALID_ARGUMENT"
     with pytest.raises(ClassifierError):
         read_input(42)
     assert normalize_urls("a:1, b:2") == ["a:1", "b:2"]
     with pytest.raises(ClassifierError):
         normalize_urls("http://a:1")
-    cycle = UrlCycle(["a", "b", "c"])
-    assert [cycle.next_index() for _ in range(4)] == [0, 1, 2, 0]
+    pool = UrlPool(["a", "b", "c"])
+    assert [pool.pick() for _ in range(4)] == [0, 1, 2, 0]
     with pytest.raises(ClassifierError):
         Classifier("a:1", protocol="ftp")
 

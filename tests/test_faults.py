@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.model_repository import write_dev_classifier, write_model_configs
+from export.model_repository import write_dev_classifier, write_repository
 from server.launch import TritonServer, free_port, model_report, verify_exports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,12 +27,9 @@ GOOD = sorted((REPO_ROOT / "samples" / "garbage12").rglob("*.jpg"))
 
 
 def _repository(root: Path, names=("dev",)) -> Path:
-    for shared in ("preprocess", "tta_flip", "tta_mean"):
-        shutil.copytree(REPO_ROOT / "model_repository" / shared, root / shared,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    write_repository(root, dev=names)
     for name in names:
-        path = write_dev_classifier(root, name)
-        write_model_configs(root, name)
+        path = root / f"{name}_classifier" / "1" / "model.onnx"
         (path.parent / "export.json").write_text(
             json.dumps({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
     return root

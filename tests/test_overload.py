@@ -22,6 +22,7 @@ import tritonclient.http.aio as http_aio
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from export.model_repository import write_repository
 from server.launch import TritonServer
 from waste_client import Classifier
 from waste_client._errors import to_classifier_error
@@ -89,11 +90,8 @@ def small_queue_server(dev_server, tmp_path_factory):
     queues of 64 (a fresh CI run offered only the sustainable rate and nothing was refused);
     with 8 the same load is an overload on any machine, and the mechanism under test is the same.
     """
-    repo = tmp_path_factory.mktemp("small_queue_repository")
-    shutil.copytree(dev_server.model_repository, repo, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for config in repo.glob("*/config.pbtxt"):
-        config.write_text(config.read_text().replace("max_queue_size: 64", "max_queue_size: 8"))
+    repo = write_repository(tmp_path_factory.mktemp("small_queue_repository"), dev=["dev"],
+                            common={"max_queue_size": 8})
     with TritonServer(repo) as server:
         yield server
 
@@ -160,5 +158,5 @@ def test_overload_sheds_with_unavailable_and_recovers(small_queue_server, tmp_pa
 
     assert not scorer.is_alive() and summaries[0].errors == 0
     rows = read_results(str(out))
-    assert sorted(r["path"] for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.iterdir())
     shutil.rmtree(folder)

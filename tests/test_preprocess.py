@@ -125,7 +125,7 @@ def truncated_jpeg() -> bytes:
     (truncated_jpeg(), "truncated"),
     (encode(Image.new("RGB", (1, 1)), "PNG"), "1x1"),
     (encode(Image.new("RGB", (4, 300)), "PNG"), "4x300"),
-    (png_header_only(10000, 5000), "10000x5000 = 50000000 pixels, over the limit of 40 megapixels"),
+    (png_header_only(10000, 5000), r"declares 50000000 pixels \(10000x5000\), over the limit of 40 megapixels"),
     (png_header_only(20000, 20000), "over the limit of 40 megapixels"),  # past Pillow's own bomb limit
 ])
 def test_bad_inputs_raise_clear_errors(data, message):
@@ -211,3 +211,163 @@ def test_trim_background_integer_arithmetic_matches_the_float_rule(seed):
         assert out is img
     else:
         assert out is not img and out.size == (expected[2] - expected[0], expected[3] - expected[1])
+
+
+# --- Issue 13: decode-cost bounds, restricted plugins, warnings as errors -----------------------
+
+def progressive_jpeg(width: int, height: int, repeats: int = 0) -> bytes:
+    """A progressive JPEG whose last scan is repeated `repeats` more times (the scan-count attack)."""
+    data = encode(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=75, progressive=True)
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * repeats + b"\xff\xd9"
+
+
+def png_deep_gray(width: int, height: int) -> bytes:
+    """A 16-bit grey PNG of mid grey, compressed a row at a time: 40 MP fits in about 87 KB."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    packer = zlib.compressobj(9)
+    row = b"\x00" + b"\x80\x00" * width
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def test_ordinary_jpegs_are_within_the_scan_budget():
+    assert imaging.jpeg_scan_count(progressive_jpeg(640, 480)) == 10  # libjpeg's progressive script
+    assert imaging.jpeg_scan_count(encode(Image.new("RGB", (64, 64)), "JPEG")) == 1
+    # An EXIF thumbnail is a whole JPEG inside APP1: its scan is not counted.
+    exif = Image.Exif()
+    thumb = encode(Image.new("RGB", (32, 32)), "JPEG")
+    data = encode(Image.new("RGB", (64, 64)), "JPEG", exif=exif.tobytes() + thumb)
+    assert imaging.jpeg_scan_count(data) == 1
+    assert imaging.preprocess_bytes(progressive_jpeg(640, 480, repeats=20)).shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("width,height,repeats,message", [
+    (1024, 1024, 2000, "JPEG has 2010 scans, over the limit of 32"),
+    (4000, 4000, 4000, "JPEG has 4010 scans, over the limit of 32"),
+    # 31 scans are allowed, but not over 16 MP: 31 x 16 MP is over 12 scans at 40 MP.
+    (8000, 2000, 21, "JPEG decode budget exceeded: 31 scans x 8000x2000 pixels"),
+])
+def test_scan_attacks_are_refused_before_decoding(width, height, repeats, message):
+    import time
+    data = progressive_jpeg(width, height, repeats)
+    started = time.perf_counter()
+    with pytest.raises(imaging.ImageDecodeError, match=message):
+        imaging.preprocess_bytes(data)
+    # Unbounded, the 4000-scan file took 95 s here; refused, only the markers are walked.
+    assert time.perf_counter() - started < 0.5
+
+
+def test_deep_and_flat_images_over_the_decode_budget_are_refused():
+    bomb = png_deep_gray(8000, 5000)
+    assert len(bomb) < 100_000
+    with pytest.raises(imaging.ImageDecodeError, match="16-bit image is 8000x5000 = 40000000 pixels, "
+                       "over the limit of 10 megapixels"):
+        imaging.preprocess_bytes(bomb)
+    flat = encode(Image.new("RGB", (6000, 6000), (90, 100, 110)), "PNG")
+    with pytest.raises(imaging.ImageDecodeError, match=r"decode budget exceeded: \d+ bytes of PNG "
+                       r"inflate to 108000000 bytes of pixels \(6000x6000\)"):
+        imaging.preprocess_bytes(flat)
+    # A deep image under the limit is decoded, scaled to 8 bit.
+    assert tuple(center(imaging.preprocess_bytes(png_deep_gray(400, 300)))) == (128, 128, 128)
+
+
+def test_deep_conversion_matches_the_float_rule_for_every_16_bit_value():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = np.asarray(imaging.to_rgb(Image.fromarray(values)))
+    expected = np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    assert out.shape == (256, 256, 3) and np.array_equal(out[..., 0], expected)
+    assert np.array_equal(out[..., 1], expected) and np.array_equal(out[..., 2], expected)
+
+
+REFUSED_FORMATS = {"ICO": "ICO", "PPM": "PPM/PGM/PBM", "PCX": None, "TGA": None, "SGI": None,
+                   "DDS": "DDS", "QOI": "QOI"}
+
+
+def test_only_the_accepted_formats_plugins_parse_the_bytes(monkeypatch):
+    """Every other plugin Pillow has is registered (Image.init), and none of them is ever asked."""
+    Image.init()
+    samples = {}
+    for fmt in REFUSED_FORMATS:
+        try:
+            samples[fmt] = encode(Image.new("RGB", (32, 32), (200, 30, 30)), fmt)
+        except (KeyError, OSError, ValueError):  # no encoder in this Pillow build
+            continue
+    assert {"ICO", "PPM", "PCX", "TGA"} <= set(samples)
+    called = []
+    allowed = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF"}
+    for fmt, (factory, _) in list(Image.OPEN.items()):
+        if fmt in allowed or not isinstance(factory, type):
+            continue
+        def spy(self, _fmt=fmt):
+            called.append(_fmt)
+            raise AssertionError(f"{_fmt} plugin parsed untrusted bytes")
+        monkeypatch.setattr(factory, "_open", spy)
+    for fmt, data in samples.items():
+        with pytest.raises(imaging.ImageDecodeError) as refused:
+            imaging.preprocess_bytes(data)
+        name = REFUSED_FORMATS[fmt]
+        if name:
+            assert f"image format {name} is not accepted" in str(refused.value)
+    assert called == []
+    # The accepted formats still open, through their own plugins only.
+    for fmt in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"):
+        assert imaging.preprocess_bytes(encode(Image.new("RGB", (64, 48), RED), fmt)).shape == (224, 224, 3)
+    assert called == []
+
+
+def test_warnings_as_errors_change_no_outcome():
+    """`python -W error`: Pillow's DecompressionBombWarning (89-179 MP) is the same refusal."""
+    import subprocess
+    import sys
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('imaging', {str(_IMAGING_PATH)!r})\n"
+        "imaging = importlib.util.module_from_spec(spec); spec.loader.exec_module(imaging)\n"
+        "import struct, zlib\n"
+        "def chunk(k, b): return struct.pack('>I', len(b)) + k + b + struct.pack('>I', zlib.crc32(k + b))\n"
+        "png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 10000, 10000, 8, 2, 0, 0, 0))"
+        " + chunk(b'IDAT', zlib.compress(b'\\0' * 1000)) + chunk(b'IEND', b''))\n"
+        "try:\n    imaging.preprocess_bytes(png)\n"
+        "except imaging.ImageDecodeError as exc:\n    print('REFUSED', exc)\n"
+    )
+    outputs = []
+    for flags in ([], ["-W", "error"]):
+        done = subprocess.run([sys.executable, *flags, "-c", script], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("REFUSED"), (flags, done.stdout, done.stderr)
+        assert "declares 100000000 pixels" in done.stdout, done.stdout
+        assert "over the limit of 40 megapixels" in done.stdout
+        outputs.append(done.stdout)
+    # Pillow's guard (with -W error) and ours (without) say the same, bar the sides only ours knows.
+    assert outputs[0].replace(" (10000x10000)", "") == outputs[1]
+
+
+def test_peak_decode_memory_per_pixel_is_what_imaging_states():
+    """The worst format (WebP) decoded in a fresh process: peak RSS growth per pixel."""
+    import subprocess
+    import sys
+    import tempfile
+    side = 2000  # 4 MP: the growth is linear in pixels (measured up to 36 MP, see imaging.py)
+    gradient = Image.linear_gradient("L").resize((side, side))
+    data = encode(Image.merge("RGBA", [gradient] * 4), "WEBP", quality=80)
+    with tempfile.NamedTemporaryFile(suffix=".webp") as handle:
+        handle.write(data)
+        handle.flush()
+        script = (
+            "import importlib.util, re\n"
+            f"spec = importlib.util.spec_from_file_location('imaging', {str(_IMAGING_PATH)!r})\n"
+            "imaging = importlib.util.module_from_spec(spec); spec.loader.exec_module(imaging)\n"
+            f"data = open({handle.name!r}, 'rb').read()\n"
+            "imaging.DECODE_FREE_BYTES = 10 ** 12  # the file is flat: measure, do not refuse\n"
+            "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS\n"
+            "base = kb('VmRSS')\n"
+            "imaging.preprocess_bytes(data)\n"
+            "print((kb('VmHWM') - base) * 1024)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    per_pixel = int(done.stdout) / side ** 2
+    assert 8 < per_pixel <= imaging.PEAK_DECODE_BYTES_PER_PIXEL, per_pixel

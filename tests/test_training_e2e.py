@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ SAMPLES = ROOT / "samples" / "garbage12"
 def tiny_run(tmp_path_factory):
     """A tiny model trained on the bundled sample, exported into a fresh repository."""
     from export.__main__ import main as export_main
+    from export.model_repository import write_repository
     from training.train import main as train_main
 
     tmp = tmp_path_factory.mktemp("tiny")
@@ -27,9 +27,7 @@ def tiny_run(tmp_path_factory):
     train_main(["--config", str(ROOT / "training/configs/tiny.toml"), f"data_dir={SAMPLES}",
                 f"manifest={tmp / 'manifest.csv'}", "limit_per_class=0", f"run_dir={run}",
                 f"cache_dir={tmp / 'cache'}", "head_epochs=3"])
-    repo = tmp / "repo"
-    for name in ("preprocess", "tta_flip", "tta_mean"):
-        shutil.copytree(ROOT / "model_repository" / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = write_repository(tmp / "repo")  # the shared models; the export adds the classifier
     assert export_main([str(run), "--name", "tiny", "--repo", str(repo)]) == 0
     return tmp, run, repo
 
@@ -56,6 +54,7 @@ def test_run_directory_has_what_a_run_promises(tiny_run):
 
 def test_export_never_overwrites_a_version(tiny_run):
     from export.__main__ import main as export_main
+    from export.model_repository import write_repository
 
     _, run, repo = tiny_run
     before = (repo / "tiny_classifier" / "1" / "model.onnx").read_bytes()

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import DEFAULT_MODEL, INPUT_SIZE
+
 
 @dataclass
 class TrainConfig:
@@ -18,7 +20,7 @@ class TrainConfig:
     # model
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet", a file path, or "random" (only on purpose)
-    image_size: int = 224
+    image_size: int = INPUT_SIZE  # the serving contract's; a backbone at another size cannot be served
     head_units: int = 256
     head_dropout: float = 0.3
     # Fine-tuning starts at this layer; everything below it is frozen, run once, and cached.
@@ -56,9 +58,9 @@ class TrainConfig:
     bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
     workers: int = 2  # threads preparing augmented batches while the model trains
     # output
-    run_dir: str = "runs/effnet_lite0"
+    run_dir: str = f"runs/{DEFAULT_MODEL}"
     cache_dir: str = "cache/activations"  # cached bottom activations, reused by re-runs with the same inputs
-    name: str = "effnet_lite0"
+    name: str = DEFAULT_MODEL
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict | None = None) -> "TrainConfig":

@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+from contract import IMAGE_EXTENSIONS
+
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
 DEFAULT_NEAR_THRESHOLD = 4
 DEFAULT_CACHE = Path("cache") / "data_audit_hashes.json"
 HASH_SIZE = 8  # imagehash.phash default: 8x8 DCT coefficients -> 64 bits

@@ -48,6 +48,20 @@ def wide_dark_photo(data: bytes, seed: int) -> bytes:
     return out.getvalue()
 
 
+def onnx_session(model_path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """The one way evaluation opens an ONNX classifier (CPU; `threads` 0 lets ORT choose)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def probabilities(session: ort.InferenceSession, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Class probabilities (N, classes) of pre-decoded uint8 NHWC pixels, `batch` images per run."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: pixels[i:i + batch]})[0]
+                           for i in range(0, len(pixels), batch)])
+
+
 def predict_bytes(model_path: str | Path, make: Callable[[int], bytes], n: int, batch: int = 32,
                   desc: str = "evaluating") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Probabilities, plain and mirrored, for the `n` encoded images `make(0) ... make(n-1)`.
@@ -55,8 +69,7 @@ def predict_bytes(model_path: str | Path, make: Callable[[int], bytes], n: int, 
     Each image goes through the server's `preprocess_bytes`; one the server would reject is
     reported in the returned errors (and scored as a blank frame), never skipped silently.
     """
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    session = onnx_session(model_path)
     plain, flipped, errors = [], [], []
     for start in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=None):
         pixels = []
@@ -67,8 +80,8 @@ def predict_bytes(model_path: str | Path, make: Callable[[int], bytes], n: int, 
                 errors.append(f"{i}: {err}")
                 pixels.append(np.full((imaging.INPUT_SIZE, imaging.INPUT_SIZE, 3), imaging.PAD_VALUE, np.uint8))
         x = np.stack(pixels)
-        plain.append(session.run(None, {name: x})[0])
-        flipped.append(session.run(None, {name: np.ascontiguousarray(x[:, :, ::-1])})[0])
+        plain.append(probabilities(session, x, batch))
+        flipped.append(probabilities(session, np.ascontiguousarray(x[:, :, ::-1]), batch))
     return np.concatenate(plain), np.concatenate(flipped), errors
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from training.backbones import BACKBONES, build_backbone
+from training.backbones import build_backbone
+from contract import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT
 from training.labels import CLASSES
 
 
@@ -50,12 +51,9 @@ def freeze_batchnorm(model: keras.Model) -> None:
 def serving_model(model: keras.Model) -> keras.Model:
     """The exported graph: UINT8 NHWC `classifier_input` -> FP32 probabilities `classifier_output`."""
     size = model.input.shape[1]
-    pixels = keras.Input((size, size, 3), dtype="uint8", name="classifier_input")
+    pixels = keras.Input((size, size, 3), dtype="uint8", name=CLASSIFIER_INPUT)
     x = layers.Identity(name="to_float")(keras.ops.cast(pixels, "float32"))
     probs = model(x, training=False)
-    probs = layers.Identity(name="classifier_output")(probs)
+    probs = layers.Identity(name=CLASSIFIER_OUTPUT)(probs)
     return keras.Model(pixels, probs, name="classifier")
 
-
-def default_cut(backbone: str) -> str:
-    return BACKBONES[backbone].boundaries[2 if len(BACKBONES[backbone].boundaries) > 2 else -1]

@@ -8,16 +8,20 @@ from ._client import Classifier
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, Result
 from ._retry import RetryPolicy
-
-__version__ = "0.1.0"
+from ._settings import DEFAULT_TOP_K, ClientSettings, add_connection_arguments, settings_from_args
+from ._version import __version__
 
 __all__ = [
     "AsyncClassifier",
     "Classifier",
     "ClassifierError",
+    "ClientSettings",
+    "DEFAULT_TOP_K",
     "ModelInfo",
     "Prediction",
     "Result",
     "RetryPolicy",
     "__version__",
+    "add_connection_arguments",
+    "settings_from_args",
 ]

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from typing import Any, AsyncIterable, AsyncIterator, Dict, Iterable, List, Optional, Sequence, Union
+from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Mapping,
+                    Optional, Sequence, TypeVar, Union)
 
-from ._errors import ClassifierError, to_classifier_error
+import numpy as np
+
+from ._batch import BatchPlan, Outputs, raw_outputs, requested_outputs
+from ._contract import MAX_BATCH_SIZE
+from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, Result
-from ._request import (
-    ImageInput,
-    UrlCycle,
-    build_request,
-    check_protocol,
-    check_top_k,
-    normalize_urls,
-    read_input,
-    read_response,
-    ready_models,
-)
-from ._retry import RetryPolicy, call_with_retry_async
+from ._request import ImageInput, build_request, check_top_k, read_input, read_response, ready_models
+from ._retry import Attempts, RetryPolicy, UrlPool
+from ._settings import DEFAULT_TOP_K, ClientSettings, load_transport, resolve
 
-
-def _load_module(protocol: str) -> Any:
-    if protocol == "grpc":
-        import tritonclient.grpc.aio as module
-    else:
-        import tritonclient.http.aio as module
-    return module
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 async def _iterate(items: Union[Iterable[Any], AsyncIterable[Any]]) -> AsyncIterator[Any]:
@@ -42,30 +34,33 @@ async def _iterate(items: Union[Iterable[Any], AsyncIterable[Any]]) -> AsyncIter
 class AsyncClassifier:
     """Classify waste photos with a Triton server (asyncio).
 
-    Same parameters, methods and errors as :class:`Classifier`; every method
+    Same parameters, settings, methods and errors as :class:`Classifier`; every method
     is a coroutine (``classify_many`` an async generator). Connections are
     opened on first use inside the running event loop.
 
     Parameters
     ----------
-    url : str or sequence of str
-        One or several ``"host:port"``, used round-robin.
-    protocol : {"grpc", "http"}
-    model : str
-    version : str
-    timeout : float
+    url : str or sequence of str, optional
+        One or several ``"host:port"``, used round-robin over the live ones.
+    protocol : {"grpc", "http"}, optional
+    model : str, optional
+    version : str, optional
+    timeout : float, optional
         Seconds one attempt may take.
-    retries : int
-        Extra attempts for transient (``UNAVAILABLE``) failures.
-    concurrency : int
+    retries : int, optional
+        Extra attempts of a transient failure, each on the next live URL.
+    concurrency : int, optional
         Default ``max_in_flight`` of :meth:`classify_many` and HTTP connection limit.
-    backoff, max_backoff : float
+    backoff, max_backoff : float, optional
         Exponential backoff base and cap, in seconds.
+    settings : ClientSettings, optional
+    **options
+        Any other field of :class:`ClientSettings` (TLS, auth, ``max_bytes``, ...).
 
     Raises
     ------
     ClassifierError
-        ``INVALID_ARGUMENT`` for a bad protocol or URL.
+        ``INVALID_ARGUMENT`` for a bad protocol, URL or option.
 
     Examples
     --------
@@ -76,25 +71,32 @@ class AsyncClassifier:
 
     def __init__(
         self,
-        url: Union[str, Sequence[str]],
-        protocol: str = "grpc",
-        model: str = "effnet_lite0",
-        version: str = "",
-        timeout: float = 30.0,
-        retries: int = 3,
-        concurrency: int = 8,
-        backoff: float = 0.1,
-        max_backoff: float = 5.0,
+        url: Union[str, Sequence[str], None] = None,
+        protocol: Optional[str] = None,
+        model: Optional[str] = None,
+        version: Optional[str] = None,
+        timeout: Optional[float] = None,
+        retries: Optional[int] = None,
+        concurrency: Optional[int] = None,
+        backoff: Optional[float] = None,
+        max_backoff: Optional[float] = None,
+        *,
+        settings: Optional[ClientSettings] = None,
+        **options: Any,
     ):
-        self.urls = normalize_urls(url)
-        self.protocol = check_protocol(protocol)
-        self.model = model
-        self.version = str(version)
-        self.timeout = float(timeout)
-        self.concurrency = max(1, int(concurrency))
-        self.retry_policy = RetryPolicy(int(retries), float(backoff), float(max_backoff))
-        self._module = _load_module(self.protocol)
-        self._cycle = UrlCycle(self.urls)
+        self.settings = resolve(settings, url, dict(
+            protocol=protocol, model=model, version=version, timeout=timeout, retries=retries,
+            concurrency=concurrency, backoff=backoff, max_backoff=max_backoff, **options))
+        s = self.settings
+        self.urls = s.urls
+        self.protocol = s.protocol
+        self.model = s.model
+        self.version = s.version
+        self.timeout = float(s.timeout)
+        self.concurrency = max(1, int(s.concurrency))
+        self.retry_policy = RetryPolicy(int(s.retries), float(s.backoff), float(s.max_backoff))
+        self._transport = load_transport(s)
+        self._pool_urls = UrlPool(self.urls)
         self._clients: Dict[int, Any] = {}
         self._closed = False
 
@@ -109,29 +111,36 @@ class AsyncClassifier:
 
     def _client(self, index: int) -> Any:
         if self._closed:
-            raise ClassifierError("the classifier is closed", "FAILED_PRECONDITION")
+            raise ClassifierError("the classifier is closed", "CANCELLED")
         client = self._clients.get(index)
         if client is None:
-            if self.protocol == "grpc":
-                client = self._module.InferenceServerClient(self.urls[index])
-            else:
-                client = self._module.InferenceServerClient(
-                    self.urls[index], conn_limit=self.concurrency, conn_timeout=self.timeout
-                )
-            self._clients[index] = client
+            client = self._clients[index] = self._transport.aio_client(self.urls[index], self.concurrency)
         return client
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self.protocol == "grpc":
-            kwargs.setdefault("client_timeout", self.timeout)
+    async def _call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Await ``fn(client)`` on the next live URL, retrying transient failures elsewhere."""
+        attempts = Attempts(self.retry_policy, self._pool_urls, what)
+        while True:
+            index = attempts.next_index()
+            try:
+                result = await asyncio.wait_for(fn(self._client(index)), self.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated, then raised or retried
+                await asyncio.sleep(attempts.failed(self._transport.translate(exc), exc))
+                continue
+            attempts.succeeded()
+            return result
 
-        async def attempt() -> Any:
-            client = self._client(self._cycle.next_index())
-            return await asyncio.wait_for(getattr(client, method)(*args, **kwargs), self.timeout)
+    async def _send(self, images: Sequence[bytes], sources: Sequence[Optional[str]],
+                    top_k: int) -> List[Prediction]:
+        inputs, outputs = build_request(self._transport, images, top_k)
+        args = self._transport.call_args()
+        result = await self._call(f"infer {self.model}", lambda c: c.infer(
+            self.model, inputs, model_version=self.version, outputs=outputs, **args))
+        return read_response(self._transport, result, self.model, sources)
 
-        return await call_with_retry_async(attempt, self.retry_policy)
-
-    async def classify(self, path_or_bytes: ImageInput, top_k: int = 5) -> Prediction:
+    async def classify(self, path_or_bytes: ImageInput, top_k: int = DEFAULT_TOP_K) -> Prediction:
         """Classify one image.
 
         Parameters
@@ -151,17 +160,54 @@ class AsyncClassifier:
         top_k = check_top_k(top_k)
         if isinstance(path_or_bytes, (str, os.PathLike)):
             # A slow disk must not stall the other requests of the loop.
-            data, source = await asyncio.to_thread(read_input, path_or_bytes)
+            data, source = await asyncio.to_thread(read_input, path_or_bytes, self.settings.max_bytes)
         else:
-            data, source = read_input(path_or_bytes)
-        inputs, outputs = build_request(self._module, data, top_k)
-        result = await self._call("infer", self.model, inputs, model_version=self.version, outputs=outputs)
-        return read_response(result, self.model, source)
+            data, source = read_input(path_or_bytes, self.settings.max_bytes)
+        return (await self._send([data], [source], top_k))[0]
+
+    async def classify_batch(self, items: Sequence[ImageInput],
+                             top_k: int = DEFAULT_TOP_K) -> List[Union[Prediction, ClassifierError]]:
+        """Classify several images in one inference request; as :meth:`Classifier.classify_batch`.
+
+        Parameters
+        ----------
+        items : sequence of str, os.PathLike or bytes
+        top_k : int
+
+        Returns
+        -------
+        list of Prediction or ClassifierError
+            One per item, in order.
+
+        Raises
+        ------
+        ClassifierError
+            Only for a bad ``top_k``.
+        """
+        top_k = check_top_k(top_k)
+        plan = BatchPlan(items, self.settings.max_bytes, MAX_BATCH_SIZE)
+        chunks = plan.chunks()
+        while True:
+            # Files are read in a thread: a slow disk must not stall the loop.
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                break
+            try:
+                plan.answer(chunk, await self._send(plan.images(chunk), plan.sources(chunk), top_k))
+            except ClassifierError as err:
+                if not plan.resend_singly(chunk, err):
+                    continue
+                for i in chunk:
+                    try:
+                        plan.answer([i], await self._send(plan.images([i]), plan.sources([i]), top_k))
+                    except ClassifierError as single:
+                        plan.fail([i], single)
+        return plan.results
 
     async def classify_many(
         self,
         items: Union[Iterable[ImageInput], AsyncIterable[ImageInput]],
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         max_in_flight: Optional[int] = None,
     ) -> AsyncIterator[Result]:
         """Classify many images with up to ``max_in_flight`` requests outstanding.
@@ -203,9 +249,57 @@ class AsyncClassifier:
             item = pending.pop(task)
             try:
                 results.append(Result(item, prediction=task.result()))
+            except ClassifierError as exc:
+                results.append(Result(item, error=exc))
             except Exception as exc:  # noqa: BLE001
-                results.append(Result(item, error=to_classifier_error(exc)))
+                results.append(Result(item, error=ClassifierError(f"{type(exc).__name__}: {exc}", "INTERNAL")))
         return results
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Outputs,
+                    version: str = "") -> Dict[str, np.ndarray]:
+        """Run any model on raw tensors; as :meth:`Classifier.infer`.
+
+        Parameters
+        ----------
+        model : str
+        inputs : mapping of str to ndarray
+        outputs : sequence of str, or mapping of str to int
+        version : str
+
+        Returns
+        -------
+        dict of str to ndarray
+
+        Raises
+        ------
+        ClassifierError
+        """
+        tensors = [self._transport.infer_input(name, np.asarray(array)) for name, array in inputs.items()]
+        wanted = requested_outputs(self._transport, outputs)
+        args = self._transport.call_args()
+        result = await self._call(f"infer {model}", lambda c: c.infer(
+            model, tensors, model_version=str(version), outputs=wanted, **args))
+        return raw_outputs(result, outputs)
+
+    async def model_metadata(self, model: Optional[str] = None, version: str = "") -> Dict[str, Any]:
+        """The server's metadata of ``model``; as :meth:`Classifier.model_metadata`.
+
+        Parameters
+        ----------
+        model : str, optional
+        version : str
+
+        Returns
+        -------
+        dict
+
+        Raises
+        ------
+        ClassifierError
+        """
+        name = model or self.model
+        args = self._transport.json_args()
+        return await self._call(f"metadata {name}", lambda c: c.get_model_metadata(name, str(version), **args))
 
     async def models(self) -> List[ModelInfo]:
         """List the server's ready models and their versions.
@@ -219,31 +313,33 @@ class AsyncClassifier:
         ClassifierError
             ``UNAVAILABLE`` when the server cannot be reached.
         """
-        if self.protocol == "grpc":
-            index = await self._call("get_model_repository_index", as_json=True)
-        else:
-            index = await self._call("get_model_repository_index")
-        return ready_models(index)
+        args = self._transport.json_args()
+        return ready_models(await self._call("list models", lambda c: c.get_model_repository_index(**args)))
 
     async def is_ready(self) -> bool:
-        """Tell whether every server URL is ready and serves the model; never raises.
+        """Tell whether any server URL is ready and serves the model; never raises.
 
         Returns
         -------
         bool
         """
-        try:
-            for index in range(len(self.urls)):
+        args = self._transport.call_args()
+        for index in range(len(self.urls)):
+            try:
                 client = self._client(index)
-                ready = await asyncio.wait_for(client.is_server_ready(), self.timeout)
-                ready = ready and await asyncio.wait_for(
-                    client.is_model_ready(self.model, self.version), self.timeout
-                )
-                if not ready:
-                    return False
-            return True
-        except Exception:  # noqa: BLE001
-            return False
+                ready = await asyncio.wait_for(client.is_server_ready(**args), self.timeout)
+                if ready and await asyncio.wait_for(
+                        client.is_model_ready(self.model, self.version, **args), self.timeout):
+                    self._pool_urls.succeeded(index)
+                    return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unreachable simply means not ready
+                err = self._transport.translate(exc)
+                logger.debug("%s not ready: %s", self.urls[index], err)
+                if err.transient:
+                    self._pool_urls.failed(index, str(err))
+        return False
 
     async def close(self) -> None:
         """Close every connection. Safe to call twice.

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import os
-import threading
+import stat
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, parse_classification
-
-# Names fixed by docs/CONTRACT.md; the ensembles all share them.
-INPUT_NAME = "image_bytes"
-OUTPUT_NAME = "probabilities"
-PROTOCOLS = ("grpc", "http")
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -43,31 +38,9 @@ def normalize_urls(url: Union[str, Sequence[str]]) -> List[str]:
         raise ClassifierError("no server URL given", "INVALID_ARGUMENT")
     for u in urls:
         if "://" in u:
-            raise ClassifierError(f"URL {u!r} must be host:port without a scheme", "INVALID_ARGUMENT")
+            raise ClassifierError(f"URL {u!r} must be host:port without a scheme (TLS is the tls/ca_file "
+                                  "setting)", "INVALID_ARGUMENT")
     return urls
-
-
-def check_protocol(protocol: str) -> str:
-    """Validate the protocol name.
-
-    Parameters
-    ----------
-    protocol : str
-
-    Returns
-    -------
-    str
-        ``"grpc"`` or ``"http"``.
-
-    Raises
-    ------
-    ClassifierError
-        With status ``"INVALID_ARGUMENT"`` for any other value.
-    """
-    p = protocol.lower()
-    if p not in PROTOCOLS:
-        raise ClassifierError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}", "INVALID_ARGUMENT")
-    return p
 
 
 def check_top_k(top_k: int) -> int:
@@ -91,40 +64,25 @@ def check_top_k(top_k: int) -> int:
     return top_k
 
 
-class UrlCycle:
-    """Round-robin over server URLs, safe to share between threads.
-
-    Parameters
-    ----------
-    urls : list of str
-    """
-
-    def __init__(self, urls: List[str]):
-        self.urls = list(urls)
-        self._cycle = itertools.cycle(range(len(self.urls)))
-        self._lock = threading.Lock()
-
-    def next_index(self) -> int:
-        """Return the index of the URL the next request should use.
-
-        Returns
-        -------
-        int
-        """
-        with self._lock:
-            return next(self._cycle)
+def _too_big(size: int, max_bytes: int, what: str) -> ClassifierError:
+    return ClassifierError(f"{what} is {size} bytes, over the limit of {max_bytes} bytes (max_bytes)",
+                           "INVALID_ARGUMENT")
 
 
-def read_input(item: ImageInput) -> Tuple[bytes, Optional[str]]:
+def read_input(item: ImageInput, max_bytes: Optional[int] = None) -> Tuple[bytes, Optional[str]]:
     """Return the encoded image bytes of ``item`` and the path they came from.
 
-    The bytes are sent as they are: decoding is the server's job, so a file
-    that is not an image fails there with ``INVALID_ARGUMENT``.
+    The size is checked before reading (``stat``), and reading stops one byte past the limit,
+    so a huge or growing file never lands in memory whole. The bytes are sent as they are:
+    decoding is the server's job, so a file that is not an image fails there with
+    ``INVALID_ARGUMENT``.
 
     Parameters
     ----------
     item : str, os.PathLike or bytes-like
         A file path or the encoded file content.
+    max_bytes : int, optional
+        Largest accepted size; None: no limit.
 
     Returns
     -------
@@ -133,78 +91,91 @@ def read_input(item: ImageInput) -> Tuple[bytes, Optional[str]]:
     Raises
     ------
     ClassifierError
-        ``NOT_FOUND`` when the file does not exist, ``INVALID_ARGUMENT`` when
-        it cannot be read or ``item`` has an unsupported type.
+        ``FILE_NOT_FOUND`` when the file does not exist; ``INVALID_ARGUMENT`` when it is over
+        ``max_bytes`` (the message names the limit), is not a regular file, cannot be read, or
+        ``item`` has an unsupported type.
     """
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return bytes(item), None
+        data = bytes(item)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise _too_big(len(data), max_bytes, "the image")
+        return data, None
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         try:
+            # stat before open: opening a FIFO would block, reading a huge file would fill memory.
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ClassifierError(f"{path} is not a regular file", "INVALID_ARGUMENT")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise _too_big(info.st_size, max_bytes, path)
             with open(path, "rb") as f:
-                return f.read(), path
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
         except FileNotFoundError:
-            raise ClassifierError(f"no such file: {path}", "NOT_FOUND") from None
+            raise ClassifierError(f"no such file: {path}", "FILE_NOT_FOUND") from None
         except OSError as exc:
             raise ClassifierError(f"cannot read {path}: {exc.strerror or exc}", "INVALID_ARGUMENT") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            # It grew between stat and read.
+            raise _too_big(len(data), max_bytes, path)
+        return data, path
     raise ClassifierError(
         f"expected a path or bytes, got {type(item).__name__}", "INVALID_ARGUMENT"
     )
 
 
-def build_request(module: Any, data: bytes, top_k: int) -> Tuple[list, list]:
-    """Build the input and requested-output objects for one image.
+def build_request(transport: Any, images: Sequence[bytes], top_k: int) -> Tuple[list, list]:
+    """Build the input and requested-output objects for a batch of encoded images.
 
     Parameters
     ----------
-    module : module
-        ``tritonclient.grpc`` or ``tritonclient.http`` (their ``aio`` variants
-        use the same classes).
-    data : bytes
-        The encoded image.
+    transport : Transport
+        Of the protocol in use (``waste_client._grpc`` / ``_http``).
+    images : sequence of bytes
+        Encoded images, one batch row each.
     top_k : int
-        How many classes the classification extension returns.
+        How many classes the classification extension returns per image.
 
     Returns
     -------
     (list, list)
         ``inputs`` and ``outputs`` for ``infer``.
     """
-    inp = module.InferInput(INPUT_NAME, [1, 1], "BYTES")
-    inp.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-    out = module.InferRequestedOutput(OUTPUT_NAME, class_count=top_k)
-    return [inp], [out]
+    array = np.empty((len(images), 1), dtype=np.object_)
+    for row, data in enumerate(images):
+        array[row, 0] = data
+    return [transport.infer_input(ENSEMBLE_INPUT, array)], [transport.requested_output(ENSEMBLE_OUTPUT, top_k)]
 
 
-def read_response(result: Any, model: str, source: Optional[str]) -> Prediction:
-    """Turn an ``InferResult`` into a :class:`Prediction`.
+def read_response(transport: Any, result: Any, model: str, sources: Sequence[Optional[str]]) -> List[Prediction]:
+    """Turn an ``InferResult`` of a batch into one :class:`Prediction` per image.
 
     Parameters
     ----------
+    transport : Transport
     result : InferResult
-        From the gRPC or HTTP client.
     model : str
         The model asked for (used if the response does not name one).
-    source : str or None
+    sources : sequence of str or None
+        Where each image came from, in batch order.
 
     Returns
     -------
-    Prediction
+    list of Prediction
 
     Raises
     ------
     ClassifierError
-        ``INTERNAL`` when the response lacks the classification output.
+        ``INTERNAL`` when the response lacks the classification output or has the wrong size.
     """
-    entries = result.as_numpy(OUTPUT_NAME)
+    entries = result.as_numpy(ENSEMBLE_OUTPUT)
     if entries is None:
-        raise ClassifierError(f"response has no {OUTPUT_NAME!r} output", "INTERNAL")
-    response = result.get_response()
-    if isinstance(response, dict):
-        name, version = response.get("model_name", model), response.get("model_version", "")
-    else:
-        name, version = response.model_name or model, response.model_version
-    return parse_classification(entries.reshape(-1), name, version, source)
+        raise ClassifierError(f"response has no {ENSEMBLE_OUTPUT!r} output", "INTERNAL")
+    if entries.shape[0] != len(sources):
+        raise ClassifierError(f"sent {len(sources)} images, got {entries.shape[0]} answers", "INTERNAL")
+    name, version = transport.response_model(result)
+    rows = entries.reshape(len(sources), -1)
+    return [parse_classification(row, name or model, version, source) for row, source in zip(rows, sources)]
 
 
 def ready_models(index: Any) -> List[ModelInfo]:

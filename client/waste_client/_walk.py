@@ -5,21 +5,9 @@ from __future__ import annotations
 import os
 from typing import Iterator, List, Set
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+from ._contract import IMAGE_EXTENSIONS, is_image_name
 
-
-def is_image_name(name: str) -> bool:
-    """Tell whether a file name has an image extension (case-insensitive).
-
-    Parameters
-    ----------
-    name : str
-
-    Returns
-    -------
-    bool
-    """
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+__all__ = ["IMAGE_EXTENSIONS", "is_image_name", "iter_images", "list_images"]
 
 
 def _inside(path: str, root: str) -> bool:

@@ -1,24 +1,50 @@
 """Command line: ``python -m waste_client score ...`` (also installed as ``waste-score``).
 
-Thin on purpose: parse options, call :mod:`waste_client.score`, print, and turn
-errors into a message and an exit code here and nowhere else.
+Thin on purpose: parse options, call :mod:`waste_client.score`, print, and turn errors into
+a message and an exit code here and nowhere else. Logging is configured here only.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import logging
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
+from . import DEFAULT_TOP_K, __version__
 from ._client import Classifier
+from ._settings import add_connection_arguments, settings_from_args
+from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, LocalEngine
 from ._errors import ClassifierError
-from .score import render_report, score_folder, wait_until_ready
+from .score import render_report, score, wait_until_ready
 
-EXIT_OK, EXIT_ERROR_ROWS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR_ROWS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 # Below this many images the per-image table is printed unless --no-table.
 AUTO_TABLE_MAX = 50
+
+EXIT_CODES = """\
+exit codes:
+  0    every row is a prediction
+  1    finished, with error rows (see the error column; transient ones are retried by a rerun)
+  2    usage error: bad option, missing source, an output of another job or in use
+  3    server unreachable or model not ready (after --wait)
+  130  interrupted (rows written so far are kept; run again to resume)
+
+The output's first line records source, model, top-k and format; a rerun with the same
+output resumes and scores every photo exactly once. See client/README.md."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (when it has a meaningful one), the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,26 +58,82 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     -------
     None
     """
-    parser.add_argument("folder", help="folder of images, walked recursively")
-    parser.add_argument("--url", default=os.environ.get("WASTE_URL", "localhost:8001"),
-                        help="server host:port, or several comma-separated (default: $WASTE_URL or localhost:8001)")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--model", default="effnet_lite0")
-    parser.add_argument("--model-version", default="", help="default: the server's choice")
-    parser.add_argument("--out", default="results.csv", help="results.csv or results.jsonl (appended, resumable)")
-    parser.add_argument("--in-flight", type=int, default=16, help="requests outstanding at once")
-    parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--follow-symlinks", action="store_true", help="follow links that lead out of FOLDER")
-    parser.add_argument("--retry-errors", action="store_true", help="score again the paths of existing error rows")
-    table = parser.add_mutually_exclusive_group()
-    table.add_argument("--table", dest="table", action="store_true", default=None, help="print a per-image table")
-    table.add_argument("--no-table", dest="table", action="store_false")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
+    parser.add_argument("source", nargs="?",
+                        help="folder (walked recursively), file, s3:// gs:// az:// prefix, or http(s):// URL")
+    parser.add_argument("--files-from", metavar="FILE",
+                        help="also score the paths/URLs listed in FILE, one per line ('-': stdin)")
     # 40 retries with backoff capped at 5 s wait about 1.5 min on average:
     # enough for a server restart to pause the job instead of failing rows.
-    parser.add_argument("--retries", type=int, default=40, help="retries of a transient server error")
+    add_connection_arguments(parser, retries=40)
     parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the server at start")
+
+    job = parser.add_argument_group("job")
+    job.add_argument("--out", default="results.csv", help="results.csv or results.jsonl (resumable)")
+    job.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes kept per photo")
+    job.add_argument("--min-score", type=float, default=None,
+                     help="label 'unsure' when the best score is below this (top-k stays in the row)")
+    job.add_argument("--shard", metavar="I/N", help="score only shard I of N (split by identity)")
+    job.add_argument("--follow-symlinks", action="store_true", help="follow links that lead out of the folder")
+    job.add_argument("--retry-errors", action="store_true",
+                     help="also score again the photos of permanent error rows (transient ones always are)")
+    job.add_argument("--append-source", action="store_true",
+                     help="add this source to an output written for another source")
+    labels = job.add_mutually_exclusive_group()
+    labels.add_argument("--labels-from-folders", dest="labels_from_folders", action="store_true", default=None,
+                        help="report accuracy against the top-level folder names (default: when they are all class names)")
+    labels.add_argument("--no-labels-report", dest="labels_from_folders", action="store_false")
+
+    speed = parser.add_argument_group("engine")
+    speed.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: threads in this process; ray: a Ray cluster (pip install ray[data])")
+    speed.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT,
+                       help="requests outstanding at once (per actor with --engine ray)")
+    speed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                       help="photos per request (not yet chosen by measurement)")
+    speed.add_argument("--actors", type=int, default=2, help="--engine ray: classifier actors")
+    speed.add_argument("--ray-address", default=None, help="--engine ray: cluster address (default: start Ray locally)")
+
+    show = parser.add_argument_group("output on the terminal")
+    table = show.add_mutually_exclusive_group()
+    table.add_argument("--table", dest="table", action="store_true", default=None,
+                       help=f"print a per-image table (default: when at most {AUTO_TABLE_MAX} scored)")
+    table.add_argument("--no-table", dest="table", action="store_false")
+    show.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON on stdout, nothing else")
+    verbosity = show.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"waste-client {__version__}")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # The client logs each retry at WARNING: in a bulk job a restart would flood the log.
+        logging.getLogger("waste_client._retry").setLevel(max(level, logging.ERROR))
+
+
+def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
+    if args.engine == "local":
+        return LocalEngine(classifier, top_k=args.top_k, in_flight=args.in_flight,
+                           batch_size=args.batch_size, max_bytes=classifier.settings.max_bytes)
+    try:
+        from ._ray import RayEngine
+    except ImportError as exc:
+        raise ClassifierError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})",
+                              "INVALID_ARGUMENT") from exc
+    s = classifier.settings
+    return RayEngine(s.urls, s.protocol, s.model, args.top_k, actors=args.actors, in_flight=args.in_flight,
+                     batch_size=args.batch_size, max_bytes=s.max_bytes, ray_address=args.ray_address,
+                     verbose=args.verbose, settings=s)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -64,47 +146,47 @@ def run_score(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        0 all rows ok, 1 some error rows, 2 usage error or server unreachable,
-        130 interrupted.
+        See :data:`EXIT_CODES`.
     """
-    if args.in_flight < 1 or args.top_k < 1:
-        print("error: --in-flight and --top-k must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
+    _configure_logging(args)
+    if args.source is None and args.files_from is None:
+        return _fail(args, "give a folder, file or URL to score, or --files-from", EXIT_USAGE)
+    if min(args.in_flight, args.top_k, args.batch_size, args.actors) < 1:
+        return _fail(args, "--in-flight, --top-k, --batch-size and --actors must be >= 1", EXIT_USAGE)
     keep = sys.maxsize if args.table else (0 if args.table is False else AUTO_TABLE_MAX + 1)
+    progress = not (args.no_progress or args.quiet or args.json) and sys.stderr.isatty()
+    engine = None
     try:
-        with Classifier(
-            args.url,
-            protocol=args.protocol,
-            model=args.model,
-            version=args.model_version,
-            timeout=args.timeout,
-            retries=args.retries,
-            concurrency=args.in_flight,
-        ) as classifier:
-            wait_until_ready(classifier, args.wait)
-            summary = score_folder(
-                args.folder,
-                classifier,
-                args.out,
-                in_flight=args.in_flight,
-                top_k=args.top_k,
-                follow_symlinks=args.follow_symlinks,
-                retry_errors=args.retry_errors,
-                progress=not args.no_progress,
-                keep_rows=keep,
+        settings = settings_from_args(args, concurrency=args.in_flight)
+        with Classifier(settings=settings) as classifier:
+            try:
+                wait_until_ready(classifier, args.wait)
+            except ClassifierError as exc:
+                return _fail(args, str(exc), EXIT_UNREACHABLE)
+            engine = _make_engine(args, classifier)
+            summary = score(
+                engine, args.out, source=args.source, files_from=args.files_from,
+                model=settings.model, model_version=settings.version, top_k=args.top_k,
+                min_score=args.min_score, shard=args.shard, follow_symlinks=args.follow_symlinks,
+                retry_errors=args.retry_errors, append_source=args.append_source,
+                labels_from_folders=args.labels_from_folders, progress=progress, keep_rows=keep,
             )
     except ClassifierError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, str(exc), EXIT_USAGE)
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"interrupted; rows written so far are in {args.out}, run again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    per_image = bool(args.table) or (args.table is None and summary.scored <= AUTO_TABLE_MAX)
-    print(render_report(summary, per_image))
-    print(f"results: {args.out}")
+    finally:
+        if engine is not None:
+            engine.close()
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    elif not args.quiet:
+        per_image = bool(args.table) or (args.table is None and summary.scored <= AUTO_TABLE_MAX)
+        print(render_report(summary, per_image))
+        print(f"results: {args.out}")
     return EXIT_ERROR_ROWS if summary.errors else EXIT_OK
 
 
@@ -115,11 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(prog="python -m waste_client", description="Waste-photo classifier client")
+    parser = argparse.ArgumentParser(prog="python -m waste_client", description="Waste-photo classifier client",
+                                     epilog=EXIT_CODES, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"waste-client {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="classify every image of a folder into a CSV/JSONL file")
-    add_score_arguments(score)
-    score.set_defaults(func=run_score)
+    score_parser = sub.add_parser("score", help="classify every photo of a source into a CSV/JSONL file",
+                                  description="Classify every photo of a folder, list or object-store prefix.",
+                                  epilog=EXIT_CODES, formatter_class=_Formatter)
+    add_score_arguments(score_parser)
+    score_parser.set_defaults(func=run_score)
     return parser
 
 
@@ -151,6 +237,7 @@ def score_main(argv: Optional[List[str]] = None) -> int:
     -------
     int
     """
-    parser = argparse.ArgumentParser(prog="waste-score", description="Classify every image of a folder")
+    parser = argparse.ArgumentParser(prog="waste-score", description="Classify every photo of a source",
+                                     epilog=EXIT_CODES, formatter_class=_Formatter)
     add_score_arguments(parser)
     return run_score(parser.parse_args(argv))

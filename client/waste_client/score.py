@@ -1,24 +1,35 @@
-"""Bulk scoring of a folder of images into a resumable CSV / JSON Lines file.
+"""Bulk scoring of photos into a resumable CSV / JSON Lines file: the driver.
 
 The library half of ``python -m waste_client score``; the command line
 (:mod:`waste_client.cli`) only parses options, prints and picks the exit code.
+
+The driver owns everything that makes a job exactly-once: listing (:mod:`._sources`), the
+shard filter, the output's identity header and lock, resume and de-duplication, and the
+writer (:mod:`._results`). An engine (:mod:`._engine`, or the Ray engine) only turns
+identities into predictions or errors.
 """
 
 from __future__ import annotations
 
-import os
+import itertools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from tqdm import tqdm
 
 from ._client import Classifier
+from ._engine import DEFAULT_BATCH_SIZE, Engine, LocalEngine
 from ._errors import ClassifierError
+from ._identity import parse_shard, shard_of
+from ._labels_report import LabelReport, build_label_report
 from ._report import format_table, per_image_table
-from ._results import ResultWriter, error_row, prediction_row
-from ._walk import list_images
+from ._results import UNSURE, ResultWriter, error_row, make_header, prediction_row
+from ._sources import iter_sources, source_id
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,37 +38,82 @@ class ScoreSummary:
 
     Attributes
     ----------
+    out : str
+        The output file.
     found : int
-        Images found in the folder.
+        Photos listed (in this shard).
     skipped : int
-        Images already in the output file (resume), not sent again.
+        Photos already in the output (resume), not sent again.
     scored : int
         Rows written by this run (``ok + errors``).
     ok, errors : int
+    transient : int
+        Error rows of this run that the next run retries (server away, timeouts).
+    unsure : int
+        Rows of this run labelled ``unsure`` (best score below ``min_score``).
     labels : collections.Counter
-        Rows of this run per predicted label.
+        Rows of this run per label.
     repaired : int
         Torn or duplicate rows dropped from the existing output.
+    retried : int
+        Error rows of earlier runs dropped so that this run scores them again.
+    other_shards : int
+        Photos listed that belong to other shards.
     elapsed : float
-        Seconds spent sending, excluding the folder walk.
+        Seconds from the start of listing to the last row.
     rows : list of dict
         This run's first rows, as many as ``keep_rows`` asked for.
+    report : LabelReport or None
+        Accuracy against the folder names, when the source is a labelled folder.
     """
 
+    out: str = ""
     found: int = 0
     skipped: int = 0
     scored: int = 0
     ok: int = 0
     errors: int = 0
+    transient: int = 0
+    unsure: int = 0
     labels: Counter = field(default_factory=Counter)
     repaired: int = 0
+    retried: int = 0
+    other_shards: int = 0
     elapsed: float = 0.0
     rows: List[Dict[str, Any]] = field(default_factory=list)
+    report: Optional[LabelReport] = None
 
     @property
     def images_per_s(self) -> float:
-        """float: Rows written per second of sending."""
+        """float: Rows written per second."""
         return self.scored / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The summary as plain JSON-ready data (``--json``).
+
+        Returns
+        -------
+        dict
+        """
+        data = {
+            "out": self.out,
+            "found": self.found,
+            "skipped": self.skipped,
+            "scored": self.scored,
+            "ok": self.ok,
+            "errors": self.errors,
+            "transient_errors": self.transient,
+            "unsure": self.unsure,
+            "labels": dict(sorted(self.labels.items())),
+            "repaired": self.repaired,
+            "retried": self.retried,
+            "other_shards": self.other_shards,
+            "elapsed_s": round(self.elapsed, 3),
+            "images_per_s": round(self.images_per_s, 2),
+        }
+        if self.report is not None:
+            data["labelled_folders"] = self.report.as_dict()
+        return data
 
     def table(self) -> str:
         """The summary as a text table (counts per label, errors, throughput).
@@ -66,14 +122,22 @@ class ScoreSummary:
         -------
         str
         """
-        body = [(label, n) for label, n in sorted(self.labels.items())]
+        body = [(label, n) for label, n in sorted(self.labels.items()) if label != UNSURE]
+        if self.unsure:
+            body.append((f"({UNSURE}: below --min-score)", self.unsure))
         body += [
             ("(errors)", self.errors),
             ("(scored this run)", self.scored),
             ("(skipped, already done)", self.skipped),
         ]
+        if self.other_shards:
+            body.append(("(other shards)", self.other_shards))
         text = format_table(("label", "images"), body, "lr")
-        return f"{text}\n{self.scored} images in {self.elapsed:.2f} s = {self.images_per_s:.1f} images/s"
+        lines = [text, f"{self.scored} images in {self.elapsed:.2f} s = {self.images_per_s:.1f} images/s"]
+        if self.transient:
+            lines.append(f"{self.transient} row(s) failed transiently (server away or slow): "
+                         "run the same command again to retry them")
+        return "\n".join(lines)
 
 
 def wait_until_ready(classifier: Classifier, wait_s: float, poll_s: float = 0.5) -> None:
@@ -101,48 +165,63 @@ def wait_until_ready(classifier: Classifier, wait_s: float, poll_s: float = 0.5)
         time.sleep(poll_s)
 
 
-def score_folder(
-    folder: str,
-    classifier: Classifier,
+def score(
+    engine: Engine,
     out: str,
-    in_flight: int = 16,
+    *,
+    source: Optional[str] = None,
+    files_from: Optional[str] = None,
+    model: str,
+    model_version: str = "",
     top_k: int = 3,
+    min_score: Optional[float] = None,
+    shard: Optional[str] = None,
     follow_symlinks: bool = False,
     retry_errors: bool = False,
+    append_source: bool = False,
+    labels_from_folders: Optional[bool] = None,
     progress: bool = True,
     keep_rows: int = 0,
     on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> ScoreSummary:
-    """Score every image under ``folder`` into ``out``, skipping what ``out`` already has.
+    """Score every photo of a source into ``out``, each exactly once across runs.
 
-    Each row is written and flushed as its answer arrives, so a killed run
-    loses at most the requests in flight, and running again continues where
-    it stopped (a torn last line is repaired, no path appears twice). An image
-    that fails becomes an error row and the run goes on; transient server
-    errors are retried by ``classifier`` (give it generous ``retries`` so a
-    server restart only pauses the run).
+    Listing streams into the engine (the first request goes out while listing goes on).
+    Each row reaches the operating system as soon as its answer arrives, before it counts
+    as done, so a killed run loses at most the requests in flight and running the same
+    command again continues where it stopped. A photo that fails becomes an error row and
+    the run goes on; rows of transient failures are scored again by the next run.
 
     Parameters
     ----------
-    folder : str
-        Walked recursively, see :func:`waste_client._walk.iter_images`.
-    classifier : Classifier
-        Used as is and not closed.
+    engine : Engine
+        Turns identities into results (:class:`waste_client._engine.LocalEngine`, the Ray
+        engine); used as is, not closed.
     out : str
-        ``.csv`` or ``.jsonl`` file; its ``path`` column is relative to ``folder``.
-    in_flight : int
-        Requests outstanding at once.
+        ``.csv`` or ``.jsonl`` output (see :mod:`waste_client._results`).
+    source : str, optional
+        Folder, file or URL (:func:`waste_client._sources.iter_sources`).
+    files_from : str, optional
+        A list of paths/URLs, ``"-"`` for standard input.
+    model, model_version : str
+        Recorded in the header (the engine's client decides what is asked).
     top_k : int
-        Classes kept per image in the ``top_k`` column.
+    min_score : float, optional
+        Label ``unsure`` below this best score.
+    shard : str, optional
+        ``"I/N"``: score only the identities of shard I of N.
     follow_symlinks : bool
-        Follow links that lead out of ``folder``.
     retry_errors : bool
-        Score again the paths whose existing row is an error row.
+        Also score again the photos of permanent error rows.
+    append_source : bool
+        Add this source to an output written for another source (same model and options).
+    labels_from_folders : bool, optional
+        Report accuracy against the top-level folder names; None decides by itself (when
+        every top-level folder is a class name).
     progress : bool
-        Show a tqdm progress bar on stderr.
+        tqdm bar on stderr (listed so far, scored).
     keep_rows : int
-        Keep up to this many of this run's rows in the summary (for the
-        per-image table); 0 keeps none.
+        Keep up to this many of this run's rows in the summary.
     on_row : callable, optional
         Called with each row after it is written.
 
@@ -153,40 +232,119 @@ def score_folder(
     Raises
     ------
     ClassifierError
-        ``NOT_FOUND`` when ``folder`` is not a directory, ``INVALID_ARGUMENT``
-        for a bad output name.
+        ``FILE_NOT_FOUND`` for a missing source, ``INVALID_ARGUMENT`` for a bad output name
+        or an output of another job, ``FAILED_PRECONDITION`` when another scorer writes it.
     """
-    if not os.path.isdir(folder):
-        raise ClassifierError(f"{folder!r} is not a directory", "NOT_FOUND")
-    summary = ScoreSummary()
-    with ResultWriter(out, retry_errors=retry_errors) as writer:
+    shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
+    header = make_header([source_id(source, files_from)], model, model_version, top_k, min_score,
+                         shard)
+    summary = ScoreSummary(out=out)
+    start = time.perf_counter()
+    # A missing folder or prefix fails here, before an output file is created for it.
+    listing = iter_sources(source, files_from, follow_symlinks)
+    first = next(listing, None)
+    listed = itertools.chain([] if first is None else [first], listing)
+    with ResultWriter(out, header, retry_errors=retry_errors, append_source=append_source) as writer:
         summary.repaired = writer.existing.dropped
-        paths = list_images(folder, follow_symlinks)
-        summary.found = len(paths)
-        todo = [p for p in paths if p not in writer.existing.done]
-        summary.skipped = summary.found - len(todo)
-        items = (os.path.join(folder, p) for p in todo)
-        relpath = {os.path.join(folder, p): p for p in todo}
-        start = time.perf_counter()
-        with tqdm(total=len(todo), unit="img", disable=not progress, leave=False) as bar:
-            for result in classifier.classify_many(items, top_k=top_k, max_in_flight=in_flight):
-                path = relpath[result.item]
-                if result.ok:
-                    row = prediction_row(path, result.prediction)
-                    summary.ok += 1
-                    summary.labels[row["label"]] += 1
-                else:
-                    row = error_row(path, result.error, classifier.model)
-                    summary.errors += 1
+        summary.retried = writer.existing.retried
+        done = writer.existing.done
+        bar = tqdm(total=0, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+        queued: Set[str] = set()
+
+        def todo() -> Iterator[str]:
+            for identity in listed:
+                if shard_count > 1 and shard_of(identity, shard_count) != shard_index:
+                    summary.other_shards += 1
+                    continue
+                summary.found += 1
+                if identity in done:
+                    summary.skipped += 1
+                elif identity not in queued:  # listed twice (e.g. in --files-from): once
+                    queued.add(identity)
+                    bar.total += 1
+                    bar.set_postfix(listed=summary.found, refresh=False)
+                    yield identity
+
+        try:
+            for identity, outcome in engine.results(todo()):
+                if identity in done:  # an engine's repeat: written once
+                    continue
+                row = _row(identity, outcome, model, min_score, summary)
                 writer.write(row)
+                done.add(identity)
                 summary.scored += 1
                 if len(summary.rows) < keep_rows:
                     summary.rows.append(row)
                 if on_row is not None:
                     on_row(row)
                 bar.update(1)
-        summary.elapsed = time.perf_counter() - start
+        finally:
+            bar.close()
+            summary.elapsed = time.perf_counter() - start
+        sources = writer.header["sources"]
+    if labels_from_folders is not False and files_from is None:
+        summary.report = build_label_report(out, sources, force=bool(labels_from_folders))
     return summary
+
+
+def _row(identity: str, outcome: Any, model: str, min_score: Optional[float],
+         summary: ScoreSummary) -> Dict[str, Any]:
+    if isinstance(outcome, ClassifierError):
+        summary.errors += 1
+        summary.transient += outcome.transient
+        return error_row(identity, outcome, model)
+    row = prediction_row(identity, outcome, min_score)
+    summary.ok += 1
+    summary.unsure += row["label"] == UNSURE
+    summary.labels[row["label"]] += 1
+    return row
+
+
+def score_folder(
+    folder: str,
+    classifier: Classifier,
+    out: str,
+    in_flight: int = 4,
+    top_k: int = 3,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    follow_symlinks: bool = False,
+    retry_errors: bool = False,
+    progress: bool = True,
+    keep_rows: int = 0,
+    on_row: Optional[Callable[[Dict[str, Any]], None]] = None,
+    **options: Any,
+) -> ScoreSummary:
+    """Score a folder (or URL) with a :class:`Classifier` in this process: :func:`score` with a
+    :class:`waste_client._engine.LocalEngine`.
+
+    Parameters
+    ----------
+    folder : str
+    classifier : Classifier
+        Used as is and not closed.
+    out : str
+    in_flight : int
+        Requests outstanding at once.
+    top_k : int
+    batch_size : int
+        Photos per request.
+    follow_symlinks, retry_errors, progress, keep_rows, on_row
+        As in :func:`score`.
+    **options
+        Further keywords of :func:`score` (``min_score``, ``shard``, ...).
+
+    Returns
+    -------
+    ScoreSummary
+    """
+    engine = LocalEngine(classifier, top_k=top_k, in_flight=in_flight, batch_size=batch_size)
+    try:
+        return score(engine, out, source=folder, model=classifier.model,
+                     model_version=classifier.version, top_k=top_k,
+                     follow_symlinks=follow_symlinks, retry_errors=retry_errors,
+                     progress=progress, keep_rows=keep_rows, on_row=on_row, **options)
+    finally:
+        engine.close()
 
 
 def render_report(summary: ScoreSummary, per_image: bool) -> str:
@@ -207,5 +365,10 @@ def render_report(summary: ScoreSummary, per_image: bool) -> str:
         parts.append(per_image_table(summary.rows))
     if summary.repaired:
         parts.append(f"repaired the output: dropped {summary.repaired} torn/duplicate row(s)")
+    if summary.retried:
+        parts.append(f"scored again {summary.retried} photo(s) whose earlier row was an error "
+                     "(transient, or --retry-errors)")
     parts.append(summary.table())
+    if summary.report is not None:
+        parts.append(summary.report.text())
     return "\n\n".join(parts)

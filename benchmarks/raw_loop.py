@@ -1,0 +1,166 @@
+"""Issue 16's yardsticks for the served path: a plain asyncio client, the scorer command, the CPU bound.
+
+- `raw_asyncio_loop`: the fastest client we know how to write, tritonclient's asyncio gRPC client
+  with `per_request` photos per request and `in_flight` requests outstanding; nothing of ours.
+- `scorer_command`: `python -m waste_client score` as a user runs it (a subprocess: start-up,
+  listing, reading, writing results included), with its own CPU per image from the kernel's
+  accounting of the waited child.
+- `cpu_bound`: what two cores could do if the server added nothing: cores / (preprocess CPU per
+  image + single-thread classifier CPU per image), from two measured in-process rows.
+
+Targets are ratios of rows measured in one run (`ratio`): scorer / best raw loop >= 0.95, best
+served / bound >= 0.90.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.measure import CpuMeter, Row, metrics_delta, triton_metrics
+from contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
+
+#: Top-k the raw loop asks the server for, as the scorer does (waste_client.DEFAULT_TOP_K).
+TOP_K = 3
+
+
+def request_batches(items: list, per_request: int) -> list[list]:
+    """`items` cut into requests of `per_request` (the last one shorter), order kept."""
+    if per_request < 1:
+        raise ValueError("per_request must be >= 1")
+    return [items[i:i + per_request] for i in range(0, len(items), per_request)]
+
+
+async def _drive(url: str, model: str, batches: list[list[bytes]], in_flight: int, latencies: list) -> int:
+    import tritonclient.grpc.aio as grpcaio
+
+    client = grpcaio.InferenceServerClient(url)
+    pending = iter(batches)
+    answered = 0
+
+    async def worker():
+        nonlocal answered
+        # One shared iterator: each worker takes the next request as soon as its previous one is
+        # answered, so exactly `in_flight` requests stay outstanding until the list runs out.
+        for batch in pending:
+            tensor = grpcaio.InferInput(ENSEMBLE_INPUT, [len(batch), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[data] for data in batch], dtype=np.object_))
+            output = grpcaio.InferRequestedOutput(ENSEMBLE_OUTPUT, class_count=TOP_K)
+            t = time.perf_counter()
+            result = await client.infer(model, [tensor], outputs=[output])
+            latencies.append(time.perf_counter() - t)
+            answered += result.as_numpy(ENSEMBLE_OUTPUT).shape[0]
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+    finally:
+        await client.close()
+    return answered
+
+
+def raw_asyncio_loop(servers, model: str, encoded: list[bytes], per_request: int, in_flight: int,
+                     key: str, what: str) -> tuple[Row, list[dict]]:
+    """A plain asyncio tritonclient loop over `encoded`; latency is per request.
+
+    Parameters
+    ----------
+    servers : list of TritonServer
+        The first one is sent to; all are CPU-metered.
+    model : str
+        The ensemble.
+    encoded : list of bytes
+        The photos, each sent once.
+    per_request, in_flight : int
+        Photos per request; requests outstanding.
+    key, what : str
+        The row's key and description.
+    """
+    batches = request_batches(encoded, per_request)
+    warm: list = []
+    asyncio.run(_drive(servers[0].grpc_url, model, batches[:in_flight], in_flight, warm))
+    latencies: list = []
+    before = triton_metrics(servers[0].metrics_url)
+    with CpuMeter([s._process.pid for s in servers]) as meter:
+        start = time.perf_counter()
+        answered = asyncio.run(_drive(servers[0].grpc_url, model, batches, in_flight, latencies))
+        seconds = time.perf_counter() - start
+    after = triton_metrics(servers[0].metrics_url)
+    if answered != len(encoded):
+        raise RuntimeError(f"{key}: {answered} of {len(encoded)} photos answered")
+    note = f"grpc asyncio, {per_request} photo{'s' * (per_request > 1)}/request, {in_flight} in flight"
+    row = meter.fill(Row(key, what, len(encoded), seconds, latencies, note=note,
+                         params={"per_request": per_request, "in_flight": in_flight}))
+    return row, metrics_delta(before, after)
+
+
+def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
+                   images: int | None = None) -> tuple[Row, list[dict]]:
+    """`python -m waste_client score FOLDER` against `servers`, timed as a whole process.
+
+    `args` are more scorer options (`--batch-size 1`, `--in-flight 8`); none: its defaults. The row's
+    `cpu_ms_per_image` holds the command's own CPU ("scorer command") beside the server's parts.
+    `images` is the number of files in `folder` (counted when None).
+    """
+    folder = Path(folder)
+    if images is None:
+        images = sum(1 for p in folder.rglob("*") if p.is_file())
+    urls = ",".join(s.grpc_url for s in servers)
+    with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
+        command = [sys.executable, "-m", "waste_client", "score", str(folder), "--url", urls,
+                   "--model", model, "--out", os.path.join(tmp, "out.jsonl"), "--no-progress", *args]
+        before = triton_metrics(servers[0].metrics_url)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with CpuMeter([s._process.pid for s in servers]) as meter:
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after = triton_metrics(servers[0].metrics_url)
+    if done.returncode != 0:
+        raise RuntimeError(f"{key}: scorer exited {done.returncode}: {done.stderr[-2000:]}")
+    command_cpu = (used.ru_utime - children.ru_utime) + (used.ru_stime - children.ru_stime)
+    note = "whole command, defaults" if not args else "whole command, " + " ".join(args)
+    row = meter.fill(Row(key, what, images, seconds, [], note=note, params={"args": list(args)}))
+    row.params.setdefault("cpu_ms_per_image", {})["scorer command"] = 1e3 * command_cpu / images
+    # This process only waited: its own share is the command's, accounted above.
+    row.params["cpu_ms_per_image"].pop("client (this process)", None)
+    if row.cpu_ours is not None:
+        row.cpu_ours += 100.0 * command_cpu / (seconds * (os.cpu_count() or 1))
+    return row, metrics_delta(before, after)
+
+
+def cpu_seconds_per_image(row: Row) -> float:
+    """CPU seconds one image took in an in-process row (wall time when the row has no CPU reading).
+
+    CPU time, not wall time: on a shared box a single-threaded loop also waits for a core, and the
+    bound is about work, not waiting.
+    """
+    if row.cpu_ours is None:
+        return row.seconds / row.images
+    return row.cpu_ours / 100.0 * (os.cpu_count() or 1) * row.seconds / row.images
+
+
+def cpu_bound(preprocess: Row, classifier: Row, key: str, what: str, cores: int | None = None) -> Row:
+    """The per-image CPU bound: `cores` / (preprocess + single-thread classifier CPU per image).
+
+    A row with no run of its own (like the FLOP limit): images 1, seconds 1 / bound.
+    """
+    cores = cores or os.cpu_count() or 1
+    pre, cls = cpu_seconds_per_image(preprocess), cpu_seconds_per_image(classifier)
+    bound = cores / (pre + cls)
+    return Row(key, what, 1, 1.0 / bound,
+               note=f"{cores} cores / (preprocess {pre * 1e3:.2f} ms + classifier {cls * 1e3:.2f} ms, "
+                    f"rows {preprocess.key}, {classifier.key} {classifier.note})",
+               params={"preprocess_ms": pre * 1e3, "classifier_ms": cls * 1e3, "cores": cores})
+
+
+def ratio(numerator: Row, denominator: Row) -> float:
+    """images/s of one row over another's (a target's measured value)."""
+    return numerator.images_per_s / denominator.images_per_s if denominator.images_per_s else 0.0
