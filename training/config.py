@@ -57,6 +57,7 @@ class TrainConfig:
     class_weight_power: float = 0.5  # sample weight = (inverse class frequency) ** power, mean 1; 0 = none
     bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
     workers: int = 2  # threads preparing augmented batches while the model trains
+    eager: bool = False  # run the training step eagerly: faster than tracing the graph for a few tiny steps (tests)
     # output
     run_dir: str = f"runs/{DEFAULT_MODEL}"
     cache_dir: str = "cache/activations"  # cached bottom activations, reused by re-runs with the same inputs

@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(optimizer, keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], run_eagerly=cfg.eager)
 
     state = {"epoch": 0, "history": [], "best": None, "elapsed_seconds": 0.0}
     if args.resume:
