@@ -50,7 +50,7 @@ def shapes_run(tmp_path_factory):
     run = tmp / "run"
     args = ["--config", str(ROOT / "training/configs/tiny_ft.toml"), f"data_dir={data}",
             f"manifest={tmp / 'manifest.csv'}", f"run_dir={run}", "limit_per_class=0", "sizes=64:2",
-            "lr=0.003"]
+            "lr=0.003", "checkpoint_steps=1"]
     finetune_main(args + ["--stop-after", "1"])
     after_one = json.loads((run / "checkpoints" / "epoch-001" / "state.json").read_text())
     finetune_main(["--resume", str(run)])

@@ -57,6 +57,7 @@ class TrainConfig:
     class_weight_power: float = 0.5  # sample weight = (inverse class frequency) ** power, mean 1; 0 = none
     bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
     workers: int = 2  # threads preparing augmented batches while the model trains
+    checkpoint_steps: int = 50  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
     eager: bool = False  # run the training step eagerly: faster than tracing the graph for a few tiny steps (tests)
     # output
     run_dir: str = f"runs/{DEFAULT_MODEL}"

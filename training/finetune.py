@@ -81,18 +81,24 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndar
 class AugmentedBatches(keras.utils.PyDataset):
     """One epoch of augmented batches; batch `i` of epoch `e` is the same whenever it is made (resume-safe)."""
 
-    def __init__(self, items, num_classes: int, cfg: TrainConfig, size: int, epoch: int, weights: np.ndarray):
+    def __init__(self, items, num_classes: int, cfg: TrainConfig, size: int, epoch: int, weights: np.ndarray,
+                 start: int = 0):
         super().__init__(workers=cfg.workers, use_multiprocessing=False, max_queue_size=max(2, 2 * cfg.workers))
         self.items, self.num_classes, self.cfg, self.size, self.epoch = items, num_classes, cfg, size, epoch
-        self.weights = weights
+        self.weights, self.start = weights, start  # `start`: batches already trained before a mid-epoch stop
         self.order = np.random.default_rng([cfg.seed, epoch]).permutation(len(items))
 
-    def __len__(self) -> int:
+    @property
+    def steps(self) -> int:
         # The last partial batch is dropped: every step then has the same shape and a mixing partner.
         return max(1, len(self.items) // self.cfg.batch_size)
 
+    def __len__(self) -> int:
+        return self.steps - self.start
+
     def __getitem__(self, idx):
         cfg = self.cfg
+        idx += self.start
         rng = np.random.default_rng([cfg.seed, self.epoch, idx])
         sel = self.order[idx * cfg.batch_size:(idx + 1) * cfg.batch_size]
         x = np.stack([train_view(Path(self.items[i][0]).read_bytes(), self.size, rng, cfg.augment_strength,
@@ -118,16 +124,38 @@ class AugmentedBatches(keras.utils.PyDataset):
 class StepLog(keras.callbacks.Callback):
     """A log line every `every` steps (step, seconds per step, loss): an epoch can take an hour on a shared CPU."""
 
-    def __init__(self, epoch: int, steps: int, every: int = 25):
+    def __init__(self, epoch: int, data: AugmentedBatches, every: int = 25):
         super().__init__()
-        self.epoch, self.steps, self.every, self.t0 = epoch, steps, every, time.time()
+        self.epoch, self.data, self.every, self.t0 = epoch, data, every, time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every == 0:
             rate = (time.time() - self.t0) / (batch + 1)
+            step, steps = self.data.start + batch + 1, self.data.steps
             logger.info("epoch %d step %d/%d: %.1f s/step, about %.0f min left in the epoch, loss %.4f",
-                        self.epoch, batch + 1, self.steps, rate, rate * (self.steps - batch - 1) / 60,
+                        self.epoch, step, steps, rate, rate * (steps - step) / 60,
                         float((logs or {}).get("loss", float("nan"))))
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """A checkpoint every `every` steps inside an epoch, so a stop loses at most that many steps.
+
+    Batches are a function of (epoch, step), so a run resumed here sees the batches it would have
+    seen; only the dropout masks differ from an uninterrupted run.
+    """
+
+    def __init__(self, run: Path, epoch_index: int, data: AugmentedBatches, state: dict, every: int):
+        super().__init__()
+        self.run, self.epoch_index, self.data, self.state, self.every = run, epoch_index, data, state, every
+        self.t0 = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.data.start + batch + 1
+        if self.every and step % self.every == 0 and step < self.data.steps:
+            state = {**self.state, "step": step,
+                     "partial_seconds": self.state.get("partial_seconds", 0.0) + round(time.time() - self.t0, 1)}
+            save_checkpoint(self.run, f"epoch-{self.epoch_index + 1:03d}-step-{step:05d}", self.model,
+                            self.model.optimizer, state)
 
 
 def mix(x, y, w, rng: np.random.Generator, mixup_alpha: float, cutmix_alpha: float):
@@ -169,17 +197,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run: Path, epoch: int, model: keras.Model, optimizer, state: dict) -> Path:
-    """Weights, optimizer variables (step count included) and `state` of a finished epoch; older ones removed."""
+def save_checkpoint(run: Path, label: str, model: keras.Model, optimizer, state: dict) -> Path:
+    """Weights, optimizer variables (step count included) and `state` as checkpoint `label`; older ones removed."""
     ckpts = run / "checkpoints"
     ckpts.mkdir(exist_ok=True)
-    tmp = ckpts / f".epoch-{epoch:03d}.partial"
+    tmp = ckpts / f".{label}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_weights(tmp / "model.weights.h5")
     np.savez(tmp / "optimizer.npz", *[np.asarray(v.numpy()) for v in optimizer.variables])
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    final = ckpts / f"epoch-{epoch:03d}"
+    final = ckpts / label
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _write_atomic(ckpts / "latest", final.name + "\n")
@@ -271,10 +299,11 @@ def main(argv=None) -> dict:
     model.compile(optimizer, keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"], run_eagerly=cfg.eager)
 
-    state = {"epoch": 0, "history": [], "best": None, "elapsed_seconds": 0.0}
+    state = {"epoch": 0, "step": 0, "history": [], "best": None, "elapsed_seconds": 0.0}
     if args.resume:
         state = load_checkpoint(run, model, optimizer)
-        logger.info("resumed %s after epoch %d (optimizer step %d)", run, state["epoch"], int(optimizer.iterations))
+        logger.info("resumed %s after epoch %d + %d steps (optimizer step %d)", run, state["epoch"],
+                    state.get("step", 0), int(optimizer.iterations))
     weights = class_weights(y_train, len(classes), cfg.class_weight_power)
     val_pixels = served_pixels(splits["val"], cfg.image_size)
 
@@ -282,15 +311,17 @@ def main(argv=None) -> dict:
     for epoch in range(state["epoch"], last):
         t0 = time.time()
         keras.utils.set_random_seed(cfg.seed * 1000 + epoch)  # dropout masks: a resumed epoch repeats exactly
-        data = AugmentedBatches(splits["train"], len(classes), cfg, sizes[epoch], epoch, weights)
+        data = AugmentedBatches(splits["train"], len(classes), cfg, sizes[epoch], epoch, weights,
+                                start=state.pop("step", 0))
         tty = sys.stderr.isatty()
+        callbacks = [StepCheckpoint(run, epoch, data, state, cfg.checkpoint_steps)]
         fit = model.fit(data, epochs=1, verbose=1 if tty else 2,
-                        callbacks=[] if tty else [StepLog(epoch + 1, len(data))])
+                        callbacks=callbacks if tty else callbacks + [StepLog(epoch + 1, data)])
         row = {"epoch": epoch + 1, "size": sizes[epoch], "loss": float(fit.history["loss"][-1]),
                "accuracy": float(fit.history["accuracy"][-1]), **validate(model, val_pixels, y_val),
                "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}
-        row["seconds"] = round(time.time() - t0, 1)
-        row["images_per_second"] = round(len(data) * cfg.batch_size / row["seconds"], 1)
+        row["seconds"] = round(time.time() - t0 + state.pop("partial_seconds", 0.0), 1)
+        row["images_per_second"] = round(data.steps * cfg.batch_size / row["seconds"], 1)
         state["history"].append(row)
         best = state["best"]
         if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
@@ -298,7 +329,7 @@ def main(argv=None) -> dict:
             save_served_model(run, model, twin)
         state["epoch"] = epoch + 1
         state["elapsed_seconds"] = round(state["elapsed_seconds"] + row["seconds"], 1)
-        save_checkpoint(run, epoch + 1, model, optimizer, state)
+        save_checkpoint(run, f"epoch-{epoch + 1:03d}", model, optimizer, state)
         write_history(run, state["history"])
         summary = {"name": cfg.name, "backbone": cfg.backbone, "command": "finetune", "classes": list(classes),
                    "params": int(model.count_params()), "train_images": int(len(y_train)),
