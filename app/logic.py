@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+import numpy as np
+
 import contract
 
 APP_DIR = Path(__file__).resolve().parent
@@ -350,21 +352,26 @@ def rows_to_csv(rows: Iterable[ResultRow]) -> str:
     return out.getvalue()
 
 
-def thumbnail_data_url(image_bytes: bytes, size: int = 64) -> str:
-    """A small PNG data URL of an uploaded image for the table; "" when it cannot be decoded.
+def thumbnail_data_url(pixels, size: int = 64) -> str:
+    """A small PNG data URL, for the table, of the server's letterboxed view of an image.
 
-    Decoding here is for display only: the server decides what the model sees.
+    The app never decodes an uploaded file itself: a 179 MP upload or a decode-cost attack would
+    run in the app's process. `pixels` is `Service.preprocess`'s answer, a uint8 (224, 224, 3)
+    array whose size the server fixed.
+
+    Raises
+    ------
+    ValueError
+        `pixels` is not an (H, W, 3) uint8 array (e.g. the upload's bytes).
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(image_bytes)) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            img.thumbnail((size, size))
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-    except Exception:  # noqa: BLE001 - a broken upload shows as an error row, not as a crash
-        return ""
+    if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 3
+            and pixels.shape[2] == 3):
+        raise ValueError("thumbnail_data_url takes the server's letterboxed uint8 (H, W, 3) pixels")
+    img = Image.fromarray(pixels, "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

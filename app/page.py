@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import streamlit as st
 
+from contract import IMAGE_EXTENSIONS
 from waste_client import ClassifierError
 
 from app import charts, heatmap
@@ -28,7 +29,8 @@ from app.logic import (
 )
 from app.service import Service
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+#: What the uploader accepts: the contract's extensions, without the dot as Streamlit wants them.
+IMAGE_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 
 
 def main(argv=()) -> None:
@@ -92,7 +94,8 @@ def _page(settings: Settings, service: Service) -> None:
     model, version = served_model(choice, tta)
     sidebar.caption(f"Asking `{model}`" + (f" v{version}" if version else ""))
 
-    images, refusal = limit_files(_inputs(settings.max_upload_mb), settings.max_files)
+    images, refusal = _read(*limit_files(_inputs(settings.max_upload_mb), settings.max_files),
+                            max_bytes=settings.max_upload_mb * 1024 * 1024)
     if not images:
         st.info("Upload one or more photos of a single item each, or take one with the camera "
                 f"(at most {settings.max_files} per run, {settings.max_upload_mb} MB each).")
@@ -107,7 +110,7 @@ def _page(settings: Settings, service: Service) -> None:
         return
 
     rows = [result_row(name, prediction, _error_text(error, settings, model), threshold=threshold,
-                       bins=bins, thumbnail=thumbnail_data_url(data))
+                       bins=bins, thumbnail=_thumbnail(service, data) if prediction else "")
             for name, data, prediction, error in outcomes]
     st.subheader(f"{len(rows)} images")
     # Only our own escaped HTML (logic.results_html) goes through unsafe_allow_html.
@@ -120,16 +123,44 @@ def _page(settings: Settings, service: Service) -> None:
     _detail(service, settings, name, data, prediction, error, model, threshold, bins, show_heatmap)
 
 
-def _inputs(max_upload_mb: int) -> List[Tuple[str, bytes]]:
+def _inputs(max_upload_mb: int) -> List[Tuple[str, object]]:
+    """(name, uploaded file) pairs, not yet read: the page reads only the files it classifies.
+
+    Streamlit refuses a file over ``max_upload_mb`` before storing it: the uploader's own limit
+    here and ``--server.maxUploadSize`` (app.run, docker/Dockerfile.app) for its HTTP endpoint.
+    """
     uploads = st.file_uploader("Photos", type=IMAGE_TYPES, accept_multiple_files=True, key="photos",
                                max_upload_size=max_upload_mb)
-    images = [(u.name, u.getvalue()) for u in uploads or []]
+    images = [(u.name, u) for u in uploads or []]
     # The camera widget asks the browser for permission as soon as it is drawn: only on request.
     if st.toggle("Use the camera", key="camera"):
         shot = st.camera_input("Take a photo of the item")
         if shot is not None:
-            images.append(("camera.jpg", shot.getvalue()))
+            images.append(("camera.jpg", shot))
     return images
+
+
+def _read(kept: List[Tuple[str, object]], refusal: str, max_bytes: int) -> Tuple[List[Tuple[str, bytes]], str]:
+    """The bytes of the kept uploads; one over ``max_bytes`` is refused by name, never read."""
+    images, oversize = [], []
+    for name, upload in kept:
+        if getattr(upload, "size", 0) > max_bytes:
+            oversize.append(name)
+        else:
+            images.append((name, upload.getvalue()))
+    if oversize:
+        refusal = " ".join(m for m in (refusal, f"Over the {max_bytes // (1024 * 1024)} MB limit, not "
+                                       f"classified: {', '.join(oversize)}.") if m)
+    return images, refusal
+
+
+def _thumbnail(service: Service, data: bytes) -> str:
+    """The table's thumbnail, from the server's letterboxed view ("" when that is unavailable)."""
+    try:
+        pixels = _cached("preprocess", (service.url, _digest(data)), lambda: service.preprocess(data))
+    except ClassifierError:
+        return ""
+    return thumbnail_data_url(pixels)
 
 
 def _cached(kind: str, key: tuple, compute):

@@ -172,7 +172,8 @@ def machine_description() -> dict:
                     model = line.split(":", 1)[1].strip()
                 elif line.startswith("flags") and not flags:
                     have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+                    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                                       "avx512_bf16", "amx_bf16")
                                      if f in have)
     except OSError:
         pass
@@ -194,6 +195,12 @@ def merge_rows(parts: list[Row]) -> Row:
         return sum(v * s for v, s in values) / sum(s for _, s in values) if values else None
 
     params = dict(first.params)
+    caches = [p.params["cache"] for p in parts if "cache" in p.params]
+    if caches:
+        # Response-cache counts add up over the rounds (each round is a fresh job).
+        hits, misses = sum(c["hits"] for c in caches), sum(c["misses"] for c in caches)
+        params["cache"] = {"hits": hits, "misses": misses,
+                           "hit_share": hits / (hits + misses) if hits + misses else 0.0}
     cpu = [(p.params["cpu_ms_per_image"], p.images) for p in parts if "cpu_ms_per_image" in p.params]
     if cpu:
         total = sum(n for _, n in cpu)

@@ -36,6 +36,9 @@ class Variant:
         Keyword options of `export.model_repository.write_repository`.
     servers : int
         Servers started on it (scale-out rows need two).
+    cache_bytes : int
+        The servers' response cache (`--cache-config local,size=N`); 0: none, so repeated photos
+        are recomputed, as every throughput row needs.
     """
 
     key: str
@@ -43,6 +46,7 @@ class Variant:
     model: str = "fp32"
     options: dict = field(default_factory=dict)
     servers: int = 1
+    cache_bytes: int = 0
 
 
 VARIANTS = (
@@ -55,6 +59,12 @@ VARIANTS = (
             options={"classifier": {"max_queue_delay_us": 500}, "preprocess": {"max_queue_delay_us": 1000}}),
     Variant("one2", "1 classifier instance with 2 ORT threads",
             options={"classifier": {"instances": 1, "threads": 2}}),
+    # Issue 16: the OpenVINO backend on the same ONNX files (bf16 where the CPU has it), and a
+    # server with the response cache for the duplicate-photo job.
+    Variant("ov", "classifier on the openvino backend", options={"classifier": {"backend": "openvino"}}),
+    Variant("ov_int8", "INT8 classifier on the openvino backend", model="int8",
+            options={"classifier": {"backend": "openvino"}}),
+    Variant("cache", "the committed configs, server response cache 16 MiB", cache_bytes=16 << 20),
 )
 
 
@@ -83,7 +93,10 @@ class TritonRow:
     """A row through a tritonserver started on `variant`.
 
     ``loop`` "scorer" runs the bulk scorer's code path (`score_folder` with a `Classifier`);
-    "shm" / "message" a plain gRPC loop with the input in system shared memory / in the message.
+    "shm" / "message" a plain gRPC loop with the input in system shared memory / in the message;
+    "raw" a plain asyncio tritonclient loop with ``per_request`` photos per request; "command"
+    `python -m waste_client score` as a whole process with ``args``; "duplicates" the same command
+    on a job with 10% exact duplicate photos (fresh bytes each round).
     """
 
     label: str
@@ -96,11 +109,20 @@ class TritonRow:
     servers: int = 1
     loop: str = "scorer"
     photos: str = "dataset"
+    per_request: int = 1
+    args: tuple = ()
 
 
 #: Rows 1 and 6a: ORT on pre-decoded pixels, swept over BATCHES x THREADS.
 PIXEL_SWEEPS = (("1", "fp32", "ORT in-process, decoded pixels"),
                 ("6a", "int8", "INT8 ORT in-process, decoded pixels"))
+
+#: Issue 16: OpenVINO on the same pre-decoded pixels (rows 1o, 6o), swept over OPENVINO_BATCHES x THREADS,
+#: and ONNX Runtime with the OpenVINO execution provider (row 1v, FP32; a separate venv, skipped without it).
+OPENVINO_SWEEPS = (("1o", "fp32", "OpenVINO in-process, decoded pixels"),
+                   ("6o", "int8", "INT8 OpenVINO in-process, decoded pixels"))
+OPENVINO_BATCHES = (1, 16)
+ORT_OPENVINO_ROW = ("1v", "ORT + OpenVINO execution provider in-process, decoded pixels")
 
 LOCAL_PLAN = (
     LocalRow("2", "2", "ORT in-process, decode+letterbox+infer", "files", "best", "best"),
@@ -145,7 +167,26 @@ TRITON_PLAN = (
               loop="message", photos="phone"),
     TritonRow("shm_12mp", "3M", "gRPC loop, 12 MP photos, input in shared memory", "on", 16,
               loop="shm", photos="phone"),
+    # Issue 16: the plain asyncio client the scorer is measured against, the scorer as a whole
+    # command, the OpenVINO backend served, and a bulk job with duplicates, cache on and off.
+    TritonRow("raw8x4", "R8", "raw asyncio tritonclient loop", "on", 4, loop="raw", per_request=8),
+    TritonRow("raw1x16", "R1", "raw asyncio tritonclient loop", "on", 16, loop="raw", per_request=1),
+    TritonRow("int8_raw8x4", "R8i", "INT8, raw asyncio tritonclient loop", "int8", 4, loop="raw", per_request=8),
+    TritonRow("int8_raw1x16", "R1i", "INT8, raw asyncio tritonclient loop", "int8", 16, loop="raw", per_request=1),
+    TritonRow("cmd", "SC", "python -m waste_client score", "on", loop="command"),
+    TritonRow("int8_cmd", "SCi", "INT8, python -m waste_client score", "int8", loop="command"),
+    TritonRow("ov16", "OV", "OpenVINO backend, bulk scorer", "ov", 16),
+    TritonRow("ov_int8_16", "OVi", "INT8 on the OpenVINO backend, bulk scorer", "ov_int8", 16),
+    TritonRow("dup_nocache1", "D0", "10% duplicate photos, no response cache", "on", loop="duplicates",
+              args=("--batch-size", "1")),
+    TritonRow("dup_cache1", "D1", "10% duplicate photos, response cache on", "cache", loop="duplicates",
+              args=("--batch-size", "1")),
+    TritonRow("dup_cache", "D8", "10% duplicate photos, response cache on, scorer defaults", "cache",
+              loop="duplicates"),
 )
+
+
+LOOPS = ("scorer", "shm", "message", "raw", "command", "duplicates")
 
 
 def check_plan(variants=VARIANTS, local=LOCAL_PLAN, triton=TRITON_PLAN) -> None:
@@ -160,7 +201,7 @@ def check_plan(variants=VARIANTS, local=LOCAL_PLAN, triton=TRITON_PLAN) -> None:
             raise ValueError(f"row {row.label} runs on unknown variant {row.variant!r}")
         if row.servers > keys[row.variant].servers:
             raise ValueError(f"row {row.label} needs {row.servers} servers of {row.variant!r}")
-        if row.loop not in ("scorer", "shm", "message") or row.photos not in ("dataset", "phone"):
+        if row.loop not in LOOPS or row.photos not in ("dataset", "phone"):
             raise ValueError(f"row {row.label}: unknown loop {row.loop!r} or photos {row.photos!r}")
     for row in local:
         if row.kind not in ("files", "preprocess"):

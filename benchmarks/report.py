@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from benchmarks import serving_targets
 from benchmarks.measure import Row
 
 #: Rows whose CPU use by process is tabulated.
-CPU_ROWS = ("on16", "on32", "on1", "tta", "off16", "int8", "int8_32", "shm0", "shm")
+CPU_ROWS = ("on16", "on32", "on1", "tta", "off16", "int8", "int8_32", "shm0", "shm",
+            "raw8x4", "raw1x16", "cmd", "int8_raw8x4", "int8_raw1x16", "int8_cmd", "ov16", "ov_int8_16")
 
 
 def fmt(value, digits=1):
@@ -73,9 +75,12 @@ def targets(m: dict, sweep_best: Row, accuracy: dict) -> list[tuple[str, float, 
     ]
 
 
-def target_lines(m: dict, sweep_best: Row, accuracy: dict) -> list[str]:
+def target_lines(m: dict, sweep_best: Row, accuracy: dict, accuracy16: dict | None = None) -> list[str]:
+    """The targets table; with `accuracy16` (run.runtime_accuracy) issue 16's targets follow."""
     lines = ["| target | measured | needed | met |", "|---|---|---|---|"]
-    for name, value, need in targets(m, sweep_best, accuracy):
+    bounds = {k: m[k] for k in ("B", "Bi") if k in m}
+    issue16 = serving_targets.targets(m, bounds, accuracy16) if accuracy16 is not None else []
+    for name, value, need in targets(m, sweep_best, accuracy) + issue16:
         lines.append(f"| {name} | {value:.2f} | {need:g} | {'yes' if value >= need else 'NO'} |")
     single = m["on1"]
     lines.append(f"\nSingle-image latency at one request in flight: p95 {single.percentile_ms(95):.1f} ms "
@@ -157,8 +162,26 @@ def changes_table(m: dict, deltas: dict, sweep_rows: list[Row]) -> list[str]:
     return lines
 
 
+def issue16_lines(m: dict, accuracy16: dict | None) -> list[str]:
+    """Runtime accuracy, the duplicate job and the scorer's own CPU per image (issue 16)."""
+    lines = []
+    for kind, record in ((accuracy16 or {}).get("records") or {}).items():
+        lines.append(f"- OpenVINO on the {kind.upper()} model, test split ({record['images']} photos): accuracy "
+                     f"{record['other_accuracy']:.4f} against ONNX Runtime's {record['reference_accuracy']:.4f}, "
+                     f"top-1 agreement {record['top1_agreement']:.4f}, inference precision "
+                     f"{record['openvino_precision']} (CPU bf16 flags: {', '.join(record['cpu_bf16_flags']) or 'none'})")
+    lines += serving_targets.duplicate_lines(m)
+    for label in ("cmd", "int8_cmd"):
+        row = m.get(label)
+        if row and "scorer command" in row.params.get("cpu_ms_per_image", {}):
+            lines.append(f"- {row.key} {row.what}: the command's own CPU "
+                         f"{row.params['cpu_ms_per_image']['scorer command']:.2f} ms per image")
+    return lines
+
+
 def document(*, command: str, elapsed: float, machine: dict, setup: dict, rows: list[Row], m: dict,
-             sweeps: dict, deltas: dict, titles: dict, accuracy: dict, notes: str = "") -> str:
+             sweeps: dict, deltas: dict, titles: dict, accuracy: dict, notes: str = "",
+             accuracy16: dict | None = None) -> str:
     """The whole BENCHMARKS.md text of one run.
 
     ``m`` and ``deltas`` map a plan label to its row and its Triton counter deltas; ``titles``
@@ -199,7 +222,17 @@ Sweeps (best point is the row above):
 
 ## Targets (ratios from this run)
 
-{chr(10).join(target_lines(m, best(sweeps['3']), accuracy))}
+{chr(10).join(target_lines(m, best(sweeps['3']), accuracy, accuracy16))}
+
+## Runtimes, the response cache, the scorer's own CPU (issue 16)
+
+Rows 1o/6o: OpenVINO on the same pixels as rows 1/6a, same rounds; 1v: ONNX Runtime with the
+OpenVINO execution provider (separate venv, `scripts/ort_openvino_venv.sh`); OV/OVi: the classifier
+on the openvino backend; R8/R1: a plain asyncio tritonclient loop; SC: `python -m waste_client
+score` as a whole process; B/Bi: cores / (row 2p + single-thread row 1 / 6a CPU per image);
+D0/D1/D8: a bulk job with 10% exact duplicates (docs/PERFORMANCE.md).
+
+{chr(10).join(issue16_lines(m, accuracy16))}
 
 ## Changes tried: predicted and measured effect (same run)
 

@@ -191,13 +191,17 @@ def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int
     return row, metrics_delta(before[0], after[0])
 
 
-def start_servers(stack: contextlib.ExitStack, repositories: list) -> list:
-    """Start one tritonserver per repository, concurrently; `stack` stops them all on exit."""
+def start_servers(stack: contextlib.ExitStack, repositories: list, cache_bytes: list | None = None) -> list:
+    """Start one tritonserver per repository, concurrently; `stack` stops them all on exit.
+
+    `cache_bytes[i]` is server i's response cache size (`--cache-config local,size=N`; 0: none).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from server.launch import TritonServer
 
-    servers = [TritonServer(repo, timeout=300) for repo in repositories]
+    sizes = cache_bytes or [0] * len(repositories)
+    servers = [TritonServer(repo, timeout=300, cache_bytes=size) for repo, size in zip(repositories, sizes)]
     for server in servers:
         stack.callback(server.stop)
     with ThreadPoolExecutor(len(servers)) as pool:

@@ -26,6 +26,10 @@ import numpy as np
 from benchmarks import plan as P
 from benchmarks import report
 from benchmarks import rows as R
+from benchmarks import runtimes
+from benchmarks import serving_targets as T
+from benchmarks.duplicates import duplicate_job
+from benchmarks.raw_loop import raw_asyncio_loop, scorer_command
 from benchmarks.measure import Row, interleaved, machine_description
 from contract import DEFAULT_MODEL, classifier_model, int8_model, is_image_name, tta_model
 from export.model_repository import latest_version, write_repository
@@ -88,11 +92,21 @@ def local_rows(args, model: Path, int8: Path, encoded: list[bytes], phone: list[
     items = {(key, t, b): (lambda key=key, kind=kind, what=what, t=t, b=b:
                            R.ort_pixels(sessions[(kind, t)], pixels, b, key, what, t))
              for key, kind, what in P.PIXEL_SWEEPS for t in P.THREADS for b in batches}
-    log(f"rows {', '.join(k for k, _, _ in P.PIXEL_SWEEPS)}: in-process sweep, {args.rounds} interleaved rounds")
+    # OpenVINO on the same pixels in the same rounds, so ORT / OpenVINO compares the same moments.
+    compiled = {(kind, t): runtimes.openvino_compiled(files[kind], t) for _, kind, _ in P.OPENVINO_SWEEPS
+                for t in P.THREADS}
+    ov_batches = [b for b in batches if b in P.OPENVINO_BATCHES] or list(batches)
+    items.update({(key, t, b): (lambda key=key, kind=kind, what=what, t=t, b=b:
+                                runtimes.openvino_pixels(compiled[(kind, t)], pixels, b, key, what, t))
+                  for key, kind, what in P.OPENVINO_SWEEPS for t in P.THREADS for b in ov_batches})
+    log(f"rows {', '.join(k for k, _, _ in P.PIXEL_SWEEPS + P.OPENVINO_SWEEPS)}: in-process sweep, "
+        f"{args.rounds} interleaved rounds")
     measured = interleaved(items, args.rounds)
     m = {}
-    for key, _, _ in P.PIXEL_SWEEPS:
-        sweeps[key] = [measured[(key, t, b)] for t in P.THREADS for b in batches]
+    ov_keys = {key for key, _, _ in P.OPENVINO_SWEEPS}
+    for key, _, _ in P.PIXEL_SWEEPS + P.OPENVINO_SWEEPS:
+        points = ov_batches if key in ov_keys else batches
+        sweeps[key] = [measured[(key, t, b)] for t in P.THREADS for b in points]
         m[key] = report.best(sweeps[key])
     row1 = m["1"]
     chosen = {"best": (row1.params["batch"], row1.params["threads"]),
@@ -110,21 +124,29 @@ def local_rows(args, model: Path, int8: Path, encoded: list[bytes], phone: list[
         session = sessions[("fp32", threads)]
         return lambda: R.ort_files(session, data, batch, row.key, row.what, threads)
 
-    log(f"rows {', '.join(r.key for r in P.LOCAL_PLAN)}: in-process, {args.rounds} interleaved rounds")
-    m.update(interleaved({row.label: measure(row) for row in P.LOCAL_PLAN}, args.rounds))
+    plan = {row.label: measure(row) for row in P.LOCAL_PLAN}
+    ovep_key, ovep_what = P.ORT_OPENVINO_ROW
+    if runtimes.ort_openvino_python() is not None:
+        batch, threads = chosen["best"]
+        plan[ovep_key] = lambda: runtimes.ort_openvino_pixels(model, pixels, batch, ovep_key, ovep_what, threads)
+    else:
+        log(f"row {ovep_key} skipped: no venv with onnxruntime-openvino (scripts/ort_openvino_venv.sh)")
+    log(f"rows {', '.join(plan)}: in-process, {args.rounds} interleaved rounds")
+    m.update(interleaved(plan, args.rounds))
     return m
 
 
 def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[Path], encoded, phone,
                 in_flights, sweeps: dict, deltas: dict, titles: dict) -> dict:
     """Start one server per variant (two where a row needs them), run the sweep and TRITON_PLAN."""
-    repositories, owners = [], []
+    repositories, owners, caches = [], [], []
     for variant in P.VARIANTS:
         repo = write_repository(tmp / f"repo_{variant.key}", {NAME: files[variant.model]}, **variant.options)
         repositories += [repo] * variant.servers
         owners += [variant.key] * variant.servers
+        caches += [variant.cache_bytes] * variant.servers
     log(f"starting {len(repositories)} tritonservers (one per variant, more where a row needs them)")
-    started = R.start_servers(stack, repositories)
+    started = R.start_servers(stack, repositories, caches)
     servers: dict = {}
     for key, server in zip(owners, started):
         servers.setdefault(key, []).append(server)
@@ -136,6 +158,15 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
         model = tta_model(NAME) if row.tta else NAME
         if row.loop == "scorer":
             return lambda: R.triton_bulk(chosen, row.protocol, model, folder, row.in_flight, row.key, row.what)
+        if row.loop == "raw":
+            return lambda: raw_asyncio_loop(chosen, model, encoded, row.per_request, row.in_flight, row.key, row.what)
+        if row.loop == "command":
+            return lambda: scorer_command(chosen, model, folder, row.key, row.what, row.args, images=len(paths))
+        if row.loop == "duplicates":
+            # A fresh salt per row and round: no round may hit entries an earlier one left in the cache.
+            rounds = iter(range(10**6))
+            return lambda: duplicate_job(chosen, model, paths, tmp / "duplicates", row.key, row.what, args=row.args,
+                                         round_salt=f"{row.label}-{next(rounds)}".encode())
         data = phone if row.photos == "phone" else encoded
         return lambda: R.triton_shm_loop(chosen[0], model, data, row.in_flight, row.key, row.what,
                                          shared_memory=row.loop == "shm")
@@ -150,6 +181,24 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
     for label, (row, delta) in interleaved({r.label: measure(r) for r in P.TRITON_PLAN}, args.rounds).items():
         m[label], deltas[label], titles[label] = row, delta, f"{label}: {row.what}, {row.note}"
     return m
+
+
+def runtime_accuracy(model: Path, int8: Path, items, accuracy: dict) -> dict:
+    """Test-split accuracy of the OpenVINO paths: {served kind: change in points against FP32 ORT, ...}.
+
+    The "int8" entry is ONNX Runtime's INT8 change from `compare_int8`; "records" holds each
+    `runtimes.agreement` record (the precision OpenVINO really used, top-1 agreement).
+    """
+    from contract import CLASSES
+
+    images = [path.read_bytes() for path, _ in items]
+    labels = [CLASSES.index(label) for _, label in items]
+    records = {kind: runtimes.agreement(onnx, images, labels) for kind, onnx in (("fp32", model), ("int8", int8))}
+    reference = accuracy["fp32_accuracy"]
+    return {"int8": accuracy["change_points"],
+            "openvino fp32": 100 * (records["fp32"]["other_accuracy"] - reference),
+            "openvino int8": 100 * (records["int8"]["other_accuracy"] - reference),
+            "records": records}
 
 
 def main(argv=None) -> int:
@@ -207,7 +256,10 @@ def main(argv=None) -> int:
         log("accuracy: FP32 vs INT8 on the test split")
         from export.quantize import compare_int8, split_items
 
-        accuracy = compare_int8(model, int8, split_items("test", limit=args.accuracy_count or None))
+        test_items = split_items("test", limit=args.accuracy_count or None)
+        accuracy = compare_int8(model, int8, test_items)
+        log("accuracy: OpenVINO (bf16 hinted) against ONNX Runtime, FP32 and INT8, on the test split")
+        accuracy16 = runtime_accuracy(model, int8, test_items, accuracy)
         log("row 7: Keras model.predict one image at a time")
         m["7"] = R.keras_one_by_one(encoded, args.keras_model, "7", "Keras model.predict, one image at a time")
         log("row 8: arithmetic limit")
@@ -216,12 +268,15 @@ def main(argv=None) -> int:
         m["8"] = Row("8", "arithmetic limit: graph FLOPs / numpy matmul FLOP/s", 1, flops / rate,
                      note=f"{flops / 1e9:.3f} GFLOP/img, {rate / 1e9:.1f} GFLOP/s")
         extra.update(flops_per_image=flops, matmul_flops_per_s=rate, limit_images_per_s=rate / flops,
-                     accuracy=accuracy)
+                     accuracy=accuracy, runtime_accuracy=accuracy16)
 
-    # Table order: in-process, the sweep's best point, the Triton plan, Keras, the limit.
-    labels = [key for key, _, _ in P.PIXEL_SWEEPS] + [r.label for r in P.LOCAL_PLAN]
-    rows = ([m[label] for label in labels] + [report.best(sweeps["3"])]
-            + [m[r.label] for r in P.TRITON_PLAN] + [m["7"], m["8"]])
+    # Row B / Bi has no measured run either: cores over the summed CPU per image of rows 2p and 1 / 6a.
+    m.update(T.bound_rows(m, sweeps))
+    # Table order: in-process, the sweep's best point, the Triton plan, Keras, the limits.
+    labels = ([key for key, _, _ in P.PIXEL_SWEEPS + P.OPENVINO_SWEEPS] + [r.label for r in P.LOCAL_PLAN]
+              + [P.ORT_OPENVINO_ROW[0]])
+    rows = ([m[label] for label in labels if label in m] + [report.best(sweeps["3"])]
+            + [m[r.label] for r in P.TRITON_PLAN] + [m["7"], m["8"]] + [m[k] for k in ("B", "Bi") if k in m])
     elapsed = time.perf_counter() - started
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     int8_source = (f"`{_shown(args.int8_model)}`, the repository's INT8 model" if args.int8_model else
@@ -230,12 +285,12 @@ def main(argv=None) -> int:
              "rounds": args.rounds,
              "source": f"folder {args.images}" if args.images else "seeded draw of the test split"}
     doc = report.document(command=command, elapsed=elapsed, machine=machine, setup=setup, rows=rows, m=m,
-                          sweeps=sweeps, deltas=deltas, titles=titles, accuracy=accuracy,
+                          sweeps=sweeps, deltas=deltas, titles=titles, accuracy=accuracy, accuracy16=accuracy16,
                           notes=NOTES.read_text() if NOTES.is_file() else "")
     Path(args.out).write_text(doc)
     print(report.table(rows))
     print()
-    print("\n".join(report.target_lines(m, report.best(sweeps["3"]), accuracy)))
+    print("\n".join(report.target_lines(m, report.best(sweeps["3"]), accuracy, accuracy16)))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "extra": extra, "profile": {titles[k]: v for k, v in deltas.items()},

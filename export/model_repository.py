@@ -369,11 +369,15 @@ def committed_classifiers(repo_dir=COMMITTED) -> list[str]:
                   if p.is_dir() and p.name.endswith(suffix) and (p / "config.pbtxt").is_file())
 
 
-def write_committed_configs(repo_dir=COMMITTED) -> list[Path]:
-    """Rewrite every config (and labels) of the committed repository with the defaults."""
+def write_committed_configs(repo_dir=COMMITTED, **classifier_options) -> list[Path]:
+    """Rewrite every config (and labels) of the committed repository with the defaults.
+
+    `classifier_options` are `Serving` fields for every classifier (the container images pass
+    ``warmup=1``: docker/Dockerfile*).
+    """
     dirs = write_shared_models(repo_dir, source=repo_dir)
     for name in committed_classifiers(repo_dir):
-        dirs += write_model_configs(repo_dir, name)
+        dirs += write_model_configs(repo_dir, name, **classifier_options)
     return dirs
 
 
@@ -383,6 +387,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     configs = sub.add_parser("configs", help="rewrite the committed repository's configs and labels")
     configs.add_argument("--repo", type=Path, default=COMMITTED)
+    configs.add_argument("--warmup", type=int, default=0, metavar="BATCH",
+                         help="a zero-image warm-up request of this batch size per classifier at load")
     dev = sub.add_parser("dev", help="write a repository serving a random-weight classifier")
     dev.add_argument("dest", type=Path)
     dev.add_argument("--name", default="dev")
@@ -399,7 +405,8 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "configs":
-        for model_dir in write_committed_configs(args.repo):
+        options = {"warmup": args.warmup} if args.warmup else {}
+        for model_dir in write_committed_configs(args.repo, **options):
             print(f"wrote {model_dir / 'config.pbtxt'}")
         return 0
     if (args.dest / classifier_model(args.name)).exists():

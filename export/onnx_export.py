@@ -49,9 +49,8 @@ def _rename_output(proto, new: str) -> None:
 
 def parity(model, onnx_path: str | Path, pixels: np.ndarray) -> float:
     """Max |Keras - ONNX Runtime| over the probabilities of `pixels` (uint8 N,H,W,3)."""
-    import onnxruntime as ort
+    from training.evaluate import onnx_session, probabilities  # the one ONNX evaluation path
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ours = session.run(None, {INPUT_NAME: pixels})[0]
+    ours = probabilities(onnx_session(onnx_path), pixels, batch=len(pixels))
     keras_probs = np.asarray(model.predict(pixels.astype(np.float32), verbose=0))
     return float(np.abs(ours - keras_probs).max())

@@ -31,7 +31,7 @@ import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 
-from contract import DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, is_image_name  # noqa: E402
+from contract import DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, is_image_name, tta_model  # noqa: E402
 from load_tests.thresholds import check, load_thresholds  # noqa: E402
 from waste_client import Classifier, ClassifierError  # noqa: E402
 
@@ -97,7 +97,7 @@ class TritonUser(User):
         # Each user starts at a different image so concurrent requests differ.
         for _ in range(random.randrange(len(_shared_images(options.images)))):
             next(self.images)
-        self.models = [options.model] * options.plain_weight + [f"{options.model}_tta"] * options.tta_weight
+        self.models = [options.model] * options.plain_weight + [tta_model(options.model)] * options.tta_weight
         self.timeout = options.request_timeout
         self.client = self.make_client(options)
 

@@ -4,6 +4,8 @@
 #   nginx                      the TLS/auth reverse proxy the client tests put in front of Triton
 #   prometheus                 promtool (rule unit tests, config checks) and the Prometheus server
 #                              the monitoring tests start against a real tritonserver
+#   openssl                    the CA and certificates the TLS tests generate for nginx
+#   curl                       the wire-protocol examples of docs/API.md, run as they are written
 # Called by `make setup` and the dev container.
 #
 # Idempotent: does nothing when every binary is there. Installs with apt-get as root, or through
@@ -17,8 +19,8 @@
 # refuses every start is put in place for the install, the way Debian's docker images do.
 set -euo pipefail
 
-PACKAGES=(chromium chromium-driver nginx prometheus)
-BINARIES=(chromium chromedriver nginx prometheus promtool)
+PACKAGES=(chromium chromium-driver nginx prometheus openssl curl)
+BINARIES=(chromium chromedriver nginx prometheus promtool openssl curl)
 
 missing() {
     local b out=()

@@ -5,12 +5,20 @@ METRICS_PORT (8000/8001/8002), the repository from MODEL_REPOSITORY (`model_repo
 address from HOST (127.0.0.1; a container sets 0.0.0.0) and the response cache's size in bytes from
 RESPONSE_CACHE_BYTES (0, the default: no cache).
 
+With the supervisor (on in `python -m server.launch`), a dead tritonserver or Python stub is
+restarted with exponential backoff until it is healthy again; after RESTART_ATTEMPTS (5) failed
+attempts in a row the launcher exits with code 3, so systemd or Kubernetes restarts the whole
+thing instead of it sitting there with no server. tritonserver gets SIGTERM when the launcher dies,
+even by SIGKILL (PR_SET_PDEATHSIG), so it is never orphaned.
+
 tritonserver 2.51 has no flag limiting the request size, so the limits live in the preprocess
 model: imaging.MAX_BYTES (32 MiB encoded) and imaging.MAX_PIXELS (40 megapixels).
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +33,11 @@ from pathlib import Path
 
 from contract import file_sha256
 from server.backend_dir import TRITON_DIST, prepare_backend_dir, server_env, tritonserver_binary
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of `python -m server.launch` when the supervisor gave up (1: did not start at all).
+EXIT_GAVE_UP = 3
 
 
 class TritonServerError(RuntimeError):
@@ -67,13 +80,21 @@ class TritonServer:
         Watch the server and its Python backend stubs and restart tritonserver (same ports) when
         either dies. tritonserver 2.51 neither restarts a dead stub nor reports the model unready
         (triton-inference-server/server#8604), so without this one crashed stub fails every later
-        request of its model while the health endpoints still say ready.
+        request of its model while the health endpoints still say ready. The supervisor thread
+        owns the process: it starts it (with PR_SET_PDEATHSIG, so tritonserver gets SIGTERM when
+        the launcher dies) and restarts it; `gave_up` is set after `restart_attempts` failures.
+    restart_attempts : int
+        Failed (re)start attempts in a row after which the supervisor gives up.
+    restart_backoff : float
+        Seconds before the second attempt, doubled after each failure up to `restart_backoff_max`.
     """
 
     def __init__(self, model_repository, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, host: str = "127.0.0.1", *, strict: bool = True,
                  timeout: float = 120.0, log_verbose: int = 0, extra_args: tuple[str, ...] = (),
-                 keep_log: bool = False, supervise: bool = False, cache_bytes: int = 0):
+                 keep_log: bool = False, supervise: bool = False, cache_bytes: int = 0,
+                 restart_attempts: int = 5, restart_backoff: float = 1.0,
+                 restart_backoff_max: float = 30.0):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.strict = strict
@@ -87,6 +108,12 @@ class TritonServer:
         self.supervise = supervise
         self.cache_bytes = int(cache_bytes)
         self.restarts = 0
+        self.restart_attempts = max(1, int(restart_attempts))
+        self.restart_backoff = float(restart_backoff)
+        self.restart_backoff_max = float(restart_backoff_max)
+        #: Why the supervisor gave up (after `restart_attempts` failures in a row), or None.
+        self.gave_up: str | None = None
+        self._up = threading.Event()  # the supervisor's first launch succeeded or it gave up
         self._process: subprocess.Popen | None = None
         self._log = None
         self._stubs: dict[int, str] = {}
@@ -133,28 +160,52 @@ class TritonServer:
         ]
 
     def start(self) -> "TritonServer":
-        """Start tritonserver and return once it answers ready; raise TritonServerError otherwise."""
-        if self._process is not None:
+        """Start tritonserver and return once it answers ready; raise TritonServerError otherwise.
+
+        Supervised, the first start is retried like a restart, so start() raises only once the
+        supervisor gave up.
+        """
+        if self._process is not None or self._watcher is not None:
             raise TritonServerError("server already started")
         if not self.model_repository.is_dir():
             raise TritonServerError(f"model repository {self.model_repository} does not exist")
         # A file, not a pipe: nobody drains a pipe while the server runs and a full pipe blocks it.
         self._log = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)
+        self._stopping.clear()
+        if self.supervise:
+            self.gave_up = None
+            self._up.clear()
+            self._watcher = threading.Thread(target=self._supervise, name="triton-supervisor", daemon=True)
+            self._watcher.start()
+            self._up.wait()
+            if self.gave_up is not None:
+                reason = self.gave_up
+                self.stop()
+                raise TritonServerError(reason)
+            return self
         try:
             self._launch()
         except BaseException:
             self.stop()
             raise
-        if self.supervise:
-            self._stopping.clear()
-            self._watcher = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
-            self._watcher.start()
         return self
 
-    def _launch(self) -> None:
+    def _launch(self, parent_death_signal: bool = False) -> None:
+        parent = os.getpid()
+
+        def bind_to_parent() -> None:
+            # In the child, before exec: the kernel sends SIGTERM when the thread that forked us
+            # (the supervisor) ends, which includes the launcher being SIGKILLed. Triton shuts
+            # down gracefully on SIGTERM and its stubs follow it.
+            if _LIBC is not None:
+                _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            if os.getppid() != parent:  # the launcher died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+
         self._process = subprocess.Popen(
             self.command(prepare_backend_dir()), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
+            stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True,
+            preexec_fn=bind_to_parent if parent_death_signal else None)
         self._wait_ready()
         self._stubs = {pid: _stub_model(pid) for pid in _stub_pids(self._process.pid)}
 
@@ -162,7 +213,7 @@ class TritonServer:
         """Why the running server can no longer answer every model, or None."""
         process = self._process
         if process is None:
-            return None
+            return "tritonserver is not running"
         code = process.poll()
         if code is not None:
             return f"tritonserver exited with code {code}"
@@ -172,22 +223,60 @@ class TritonServer:
                 return f"the Python backend stub of model {model!r} (pid {pid}) died"
         return None
 
-    def _watch(self) -> None:
-        while not self._stopping.wait(0.5):
-            reason = self._fault()
-            if reason is None or self._stopping.is_set():
-                continue
-            self.restarts += 1
-            print(f"supervisor: {reason}; restarting tritonserver (restart {self.restarts})",
-                  file=sys.stderr, flush=True)
-            self._terminate()
+    def _backoff(self, failures: int) -> float:
+        return min(self.restart_backoff_max, self.restart_backoff * 2 ** max(0, failures - 1))
+
+    def _supervise(self) -> None:
+        """The supervisor thread: start, watch, restart with backoff, give up after N failures.
+
+        Every exception is logged and counted as a failed attempt; nothing ends this thread but
+        stop() or giving up. It also stops the server itself, because tritonserver's parent-death
+        signal is tied to this thread.
+        """
+        failures, first = 0, True
+        try:
+            while not self._stopping.is_set():
+                try:
+                    reason = None if first else self._fault()
+                    if reason is None and not first:
+                        self._stopping.wait(0.5)
+                        continue
+                    if reason is not None:
+                        if failures == 0:
+                            self.restarts += 1
+                            logger.warning("%s; restarting tritonserver (restart %d)", reason, self.restarts)
+                        self._terminate()
+                    self._launch(parent_death_signal=True)
+                    if not first:
+                        logger.warning("tritonserver ready again after %d failed attempt(s)", failures)
+                    failures, first = 0, False
+                    self._up.set()
+                except Exception as exc:  # noqa: BLE001 - a watcher that dies silently is the bug
+                    if self._stopping.is_set():
+                        break
+                    failures += 1
+                    first = False
+                    logger.error("tritonserver (re)start attempt %d of %d failed: %s",
+                                 failures, self.restart_attempts, exc,
+                                 exc_info=not isinstance(exc, TritonServerError))
+                    try:
+                        self._terminate()
+                    except Exception:  # noqa: BLE001
+                        logger.exception("could not stop the failed tritonserver")
+                    if failures >= self.restart_attempts:
+                        self.gave_up = (f"gave up after {failures} failed attempts in a row to start "
+                                        f"tritonserver; last error: {exc}")
+                        logger.critical("%s", self.gave_up.splitlines()[0])
+                        return
+                    delay = self._backoff(failures)
+                    logger.info("next attempt in %.1f s", delay)
+                    self._stopping.wait(delay)
+        finally:
+            self._up.set()
             try:
-                self._launch()
-                print("supervisor: tritonserver ready again", file=sys.stderr, flush=True)
-            except TritonServerError as exc:
-                print(f"supervisor: restart failed, retrying: {exc}", file=sys.stderr, flush=True)
                 self._terminate()
-                self._stopping.wait(5)
+            except Exception:  # noqa: BLE001
+                logger.exception("could not stop tritonserver")
 
     def _wait_ready(self) -> None:
         # Strict: /ready means every model loaded. Non-strict: endpoints come up only after the
@@ -195,6 +284,8 @@ class TritonServer:
         path = "/v2/health/ready" if self.strict else "/v2/health/live"
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
+            if self.supervise and self._stopping.is_set():
+                raise TritonServerError("stopped while starting")
             code = self._process.poll()
             if code is not None:
                 raise TritonServerError(
@@ -269,6 +360,14 @@ class TritonServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _LIBC.prctl  # noqa: B018 - Linux only; elsewhere no parent-death signal
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 def _proc_state(pid: int) -> str | None:
@@ -365,7 +464,9 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def main() -> int:
-    """Serve in the foreground until Ctrl-C / SIGTERM."""
+    """Serve in the foreground until Ctrl-C / SIGTERM; exit 3 when the supervisor gives up."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s supervisor: %(message)s")
     repository = os.environ.get("MODEL_REPOSITORY", "model_repository")
     server = TritonServer(
         repository,
@@ -377,6 +478,8 @@ def main() -> int:
         keep_log=True,
         supervise=True,
         cache_bytes=int(os.environ.get("RESPONSE_CACHE_BYTES", "0")),
+        restart_attempts=int(os.environ.get("RESTART_ATTEMPTS", "5")),
+        timeout=float(os.environ.get("START_TIMEOUT", "120")),
     )
     # SIGTERM (docker stop, make's kill) takes the same graceful path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -386,22 +489,31 @@ def main() -> int:
         server.start()
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_GAVE_UP if server.gave_up else 1
+    except KeyboardInterrupt:
+        server.stop()
+        return 0
     try:
         print(f"model repository: {server.model_repository}")
         print(f"HTTP    http://{server.http_url}\ngRPC    {server.grpc_url}\n"
               f"metrics http://{server.metrics_url}/metrics")
+        try:
+            report = model_report(server)
+        except OSError as exc:  # the server died right after starting: the supervisor handles it
+            print(f"could not list the models: {exc}", file=sys.stderr)
+            report = []
         failed = 0
-        for name, state, reason in model_report(server):
+        for name, state, reason in report:
             failed += state != "READY"
             print(f"  {state:<11} {name}" + (f"  ({reason})" if reason else ""))
         print(f"{'all models ready' if not failed else f'{failed} model(s) not ready'}; "
               f"server log: {server.log_path()}; Ctrl-C to stop", flush=True)
-        # With the supervisor, a dead server is restarted, so only Ctrl-C / SIGTERM ends this loop.
-        while server.is_running() or server.supervise:
-            time.sleep(1)
-        print(f"tritonserver exited\n{server.log_tail()}", file=sys.stderr)
-        return 1
+        # The supervisor restarts a dead server; this loop ends on Ctrl-C / SIGTERM or when the
+        # supervisor gave up, and then with a non-zero code so whatever runs us restarts us.
+        while server.gave_up is None:
+            time.sleep(0.5)
+        print(f"error: {server.gave_up}\n{server.log_tail()}", file=sys.stderr)
+        return EXIT_GAVE_UP
     except KeyboardInterrupt:
         print("stopping tritonserver", flush=True)
         return 0

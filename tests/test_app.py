@@ -129,8 +129,10 @@ def test_results_csv():
     assert "thumbnail" not in records[0]
     table = results_html(rows + [result_row("<script>.jpg", None, "x")])
     assert "&lt;script&gt;.jpg" in table and "<script>" not in table
-    assert thumbnail_data_url(BATTERY.read_bytes()).startswith("data:image/png;base64,")
-    assert thumbnail_data_url(b"not an image") == ""
+    pixels = np.full((224, 224, 3), 114, np.uint8)
+    assert thumbnail_data_url(pixels).startswith("data:image/png;base64,")
+    with pytest.raises(ValueError):  # an upload's bytes are never decoded by the app
+        thumbnail_data_url(BATTERY.read_bytes())
 
 
 def test_error_messages_say_what_to_do():
@@ -252,6 +254,35 @@ def test_more_files_than_the_limit_classifies_the_first_and_names_the_rest(monke
     (table,) = [m.value for m in at.markdown if m.value.startswith("<table")]
     assert [r.split("<td>")[2].split("<")[0] for r in table.split("<tr>")[2:]] == [
         BATTERY.name, papers[0].name]
+
+
+def test_the_app_never_decodes_an_upload_and_never_reads_a_refused_one(monkeypatch, dev_server):
+    """Issue 13.6: thumbnails come from the server's letterboxed view; refused files stay unread."""
+    import PIL.Image
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+    def no_local_decode(*args, **kwargs):
+        raise AssertionError("the app decoded an uploaded file itself")
+
+    read = []
+    getvalue = UploadedFile.getvalue
+    monkeypatch.setattr(PIL.Image, "open", no_local_decode)
+    monkeypatch.setattr(UploadedFile, "getvalue", lambda self: read.append(self.name) or getvalue(self))
+    at = run_app(monkeypatch, dev_server.http_url, WASTE_MAX_FILES="2")
+    papers = sorted(SAMPLES.glob("paper/*.jpg"))[:2]
+    files = [(p.name, p.read_bytes(), "image/jpeg") for p in [BATTERY, *papers]]
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception, at.exception
+    assert set(read) == {BATTERY.name, papers[0].name}  # the third was refused by name, unread
+    (table,) = [m.value for m in at.markdown if m.value.startswith("<table")]
+    rows = table.split("<tr>")[2:]
+    assert all('<img src="data:image/png;base64,' in row for row in rows)
+    # The thumbnail is the server's letterboxed image (224x224 with the grey bands), shrunk.
+    import base64
+    thumb = rows[0].split('data:image/png;base64,')[1].split('"')[0]
+    monkeypatch.undo()
+    with PIL.Image.open(io.BytesIO(base64.b64decode(thumb))) as img:
+        assert img.size == (64, 64)
 
 
 def test_missing_model_is_said_and_another_used(monkeypatch, dev_server):

@@ -102,12 +102,133 @@ def test_scorer_command_row_counts_the_command_cpu(cached_server, tmp_path):
 
 
 def test_duplicate_job_answers_duplicates_from_the_cache(cached_server, tmp_path):
-    # One request at a time: each duplicate comes after its original has been answered and cached.
+    # One photo per request, one request at a time: each duplicate comes after its original has
+    # been answered and cached.
+    one = ("--in-flight", "1", "--batch-size", "1")
     row, _ = duplicate_job([cached_server], "dev", SAMPLES[:9], tmp_path, "D1", "10% duplicates, cache on",
-                           share=0.1, args=("--in-flight", "1"), round_salt=b"round-a")
+                           share=0.1, args=one, round_salt=b"round-a")
     assert row.images == 10 and row.params["duplicates"] == 1
     assert row.params["cache"]["hits"] == 1 and row.params["cache"]["misses"] == 9
     # A new round with another salt is a new set of bytes: no hit carried over from round a.
     row, _ = duplicate_job([cached_server], "dev", SAMPLES[:9], tmp_path, "D1", "10% duplicates, cache on",
-                           share=0.1, args=("--in-flight", "1"), round_salt=b"round-b")
+                           share=0.1, args=one, round_salt=b"round-b")
     assert row.params["cache"]["misses"] == 9
+
+
+def test_issue16_targets_from_rows():
+    from benchmarks.serving_targets import bound_rows, duplicate_lines, targets
+
+    def row(key, per_s, **params):
+        return Row(key, key, int(per_s), 1.0, cpu_ours=None, params=params)
+
+    sweeps = {"1": [Row("1", "", 100, 1.0, params={"threads": 1, "batch": 1}),
+                    Row("1", "", 300, 1.0, params={"threads": 2, "batch": 4})],
+              "6a": [Row("6a", "", 200, 1.0, params={"threads": 1, "batch": 16})]}
+    m = {"2p": Row("2p", "", 400, 1.0),  # 2.5 ms per image
+         "on16": row("3r", 120), "on32": row("3r", 130), "raw8x4": row("R8", 140), "raw1x16": row("R1", 135),
+         "cmd": row("SC", 133), "int8": row("6b", 200), "int8_cmd": row("SCi", 190),
+         "int8_raw8x4": row("R8i", 250), "ov16": row("OV", 190), "ov_int8_16": row("OVi", 260)}
+    bounds = bound_rows(m, sweeps)
+    # 2 cores / (2.5 ms + 10 ms) and 2 / (2.5 + 5): the single-thread sweep points only.
+    import os
+
+    cores = os.cpu_count() or 1
+    assert bounds["B"].images_per_s == pytest.approx(cores / 0.0125)
+    assert bounds["Bi"].images_per_s == pytest.approx(cores / 0.0075)
+    result = {name.split(" (")[0]: value for name, value, _ in targets(m, bounds, {"openvino fp32": 0.0,
+                                                                                  "openvino int8": -1.0})}
+    assert result["scorer command / best raw asyncio loop, FP32"] == pytest.approx(133 / 140)
+    assert result["scorer command / best raw asyncio loop, INT8"] == pytest.approx(190 / 250)
+    assert result["best served FP32 / per-image CPU bound"] == pytest.approx(140 / bounds["B"].images_per_s)
+    # INT8 ORT has no accuracy entry and OpenVINO INT8 is 1 point off: the fastest eligible is OpenVINO FP32.
+    fastest = [name for name, _, _ in targets(m, bounds, {"openvino fp32": 0.0, "openvino int8": -1.0})
+               if name.startswith("fastest")][0]
+    assert "openvino fp32, OV" in fastest
+    assert result["fastest served CPU path within 0.1 pt accuracy"] == pytest.approx(190 / 130)
+    m["dup_cache1"] = Row("D1", "10% duplicates, cache on", 110, 1.0, note="n",
+                          params={"cache": {"hits": 10, "misses": 100, "hit_share": 10 / 110}, "duplicates": 10})
+    m["dup_nocache1"] = Row("D0", "10% duplicates, cache off", 100, 1.0, note="n", params={"duplicates": 10})
+    lines = duplicate_lines(m)
+    assert any("cache hits 10, misses 100" in line for line in lines) and lines[-1].endswith("1.10x")
+
+
+def test_issue16_rows_run_through_the_runner(tmp_path, monkeypatch):
+    """The runner's dispatch for the new loops and variants, on a reduced plan and four photos."""
+    import argparse
+    import contextlib
+
+    from benchmarks import plan, run
+
+    variants = {v.key: v for v in plan.VARIANTS}
+    assert variants["ov"].options == {"classifier": {"backend": "openvino"}} and variants["cache"].cache_bytes > 0
+    rows = {r.label: r for r in plan.TRITON_PLAN}
+    monkeypatch.setattr(plan, "VARIANTS", (plan.Variant("on", "committed"), variants["ov"], variants["cache"]))
+    monkeypatch.setattr(plan, "TRITON_PLAN", (
+        plan.TritonRow("raw", "R2", "raw loop", "on", 2, loop="raw", per_request=2),
+        plan.TritonRow("cmd", "SC", "scorer command", "on", loop="command", args=("--in-flight", "2")),
+        plan.TritonRow("ov16", "OV", "openvino", "ov", 2),
+        rows["dup_cache1"]))
+    onnx = tmp_path / "dev.onnx"
+    from export.model_repository import build_dev_classifier
+
+    onnx.write_bytes(build_dev_classifier().SerializeToString())
+    paths = SAMPLES[:4]
+    folder = run.stage_folder(paths, tmp_path / "images")
+    sweeps, deltas, titles = {}, {}, {}
+    with contextlib.ExitStack() as stack:
+        m = run.triton_rows(argparse.Namespace(rounds=2), stack, tmp_path, {"fp32": onnx, "int8": onnx}, folder,
+                            paths, [p.read_bytes() for p in paths], [], (2,), sweeps, deltas, titles)
+    assert m["raw"].images == 8 and m["cmd"].images == 8 and m["ov16"].images == 8  # 2 rounds x 4
+    assert m["dup_cache1"].images == 2 * 4  # 4 photos, 10%: no copy; counts summed over rounds
+    assert m["dup_cache1"].params["cache"]["misses"] == 8 and m["dup_cache1"].params["cache"]["hits"] == 0
+    assert "scorer command" in m["cmd"].params["cpu_ms_per_image"]
+
+
+def test_openvino_sweeps_run_beside_the_ort_ones(tmp_path, monkeypatch):
+    """Rows 1o/6o come from the same interleaved rounds as 1/6a; 1v is skipped without its venv."""
+    import argparse
+
+    from benchmarks import plan, run
+    from export.model_repository import build_dev_classifier
+
+    onnx = tmp_path / "dev.onnx"
+    onnx.write_bytes(build_dev_classifier().SerializeToString())
+    monkeypatch.setattr(plan, "LOCAL_PLAN", tuple(r for r in plan.LOCAL_PLAN if r.label == "2p"))
+    monkeypatch.setenv("WASTE_ORT_OPENVINO_PYTHON", str(tmp_path / "no-venv" / "python"))
+    encoded = [p.read_bytes() for p in SAMPLES[:3]]
+    sweeps: dict = {}
+    m = run.local_rows(argparse.Namespace(rounds=1), onnx, onnx, encoded, encoded[:1], (1,), sweeps)
+    assert {"1", "6a", "1o", "6o", "2p"} <= set(m) and "1v" not in m
+    assert [r.params["threads"] for r in sweeps["1o"]] == list(plan.THREADS)
+    assert all(r.params["runtime"] == "openvino" and r.images == 3 for r in sweeps["1o"])
+
+
+def test_report_carries_issue16_targets_and_lines():
+    from benchmarks import plan, report
+
+    def row(key, ips=100.0, **params):
+        return Row(key, f"row {key}", 100, 100 / ips, [0.01, 0.02], 50.0, 60.0, "grpc, 16 in flight",
+                   {"batch": 1, "threads": 1, **params})
+
+    m = {key: row(key) for key, _, _ in plan.PIXEL_SWEEPS + plan.OPENVINO_SWEEPS}
+    m.update({r.label: row(r.key) for r in (*plan.LOCAL_PLAN, *plan.TRITON_PLAN)})
+    m["cmd"] = row("SC", 95.0, cpu_ms_per_image={"scorer command": 1.5, "tritonserver": 0.5})
+    m["dup_cache1"].params.update(cache={"hits": 40, "misses": 400, "hit_share": 40 / 440}, duplicates=10)
+    m["B"], m["Bi"], m["ov16"] = row("B", 200.0), row("Bi", 300.0), row("OV", 150.0)
+    m["7"] = row("7", 5.0)
+    sweeps = {"3": [row("3", 120.0)], "1": [m["1"]], "6a": [m["6a"]]}
+    accuracy = {"images": 10, "fp32_accuracy": 0.9, "int8_accuracy": 0.9, "change_points": -0.4, "top1_agreement": 1.0}
+    record = {"images": 10, "other_accuracy": 0.9, "reference_accuracy": 0.9, "top1_agreement": 1.0,
+              "openvino_precision": "float32", "cpu_bf16_flags": []}
+    accuracy16 = {"int8": -0.4, "openvino fp32": 0.0, "openvino int8": -1.0,
+                  "records": {"fp32": record, "int8": record}}
+    doc = report.document(command="python -m benchmarks.run", elapsed=1.0, machine={
+        "cpu_model": "cpu", "simd": "", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
+        "os": "Linux", "python": "3", "load_average": "0"}, setup={
+        "model": "m.onnx", "gflop": 0.7, "int8": "i.onnx", "images": 100, "rounds": 1, "source": "s"},
+        rows=list(m.values()), m=m, sweeps=sweeps, deltas={}, titles={}, accuracy=accuracy, accuracy16=accuracy16)
+    assert "| scorer command / best raw asyncio loop, FP32 (SC / R8) >= 0.95 | 0.95 | 0.95 | yes |" in doc
+    assert "best served FP32 / per-image CPU bound" in doc
+    assert "fastest served CPU path within 0.1 pt accuracy (openvino fp32, OV)" in doc  # INT8 paths excluded
+    assert "cache hits 40, misses 400" in doc and "the command's own CPU 1.50 ms per image" in doc
+    assert "inference precision float32 (CPU bf16 flags: none)" in doc

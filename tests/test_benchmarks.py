@@ -98,3 +98,64 @@ def test_the_report_is_built_from_the_rows_alone():
     assert "| batching on / off at 16 in flight >= 1.5 (3r / 4) | 1.50 | 1.5 | yes |" in doc
     assert "p50 -5.0 ms" in doc  # the delay row's prediction comes from its queue counters
     assert "client in-flight count 1 -> best" in doc and "**delay5: x**" in doc
+
+
+def test_the_runner_executes_every_row_of_the_plan(tmp_path, monkeypatch):
+    """The runner's wiring, with each measurement replaced by a fixed row (no timing, no server):
+    every variant gets its servers, every planned row reaches the table, the report is written."""
+    from benchmarks import plan, run
+    from export.model_repository import build_dev_classifier
+    import export.quantize
+
+    onnx = tmp_path / "dev.onnx"
+    onnx.write_bytes(build_dev_classifier().SerializeToString())
+
+    def fixed(key, what, note="", params=None):
+        return Row(key, what, 10, 0.1, [0.01, 0.02], 50.0, 60.0, note, params or {})
+
+    delta = [{"model": "m_classifier", "requests": 1, "executions": 1, "mean_batch": 1.0, "request_ms": 9.0,
+              "queue_ms": 1.0, "compute_infer_ms_per_exec": 3.0, "compute_io_ms_per_request": 0.1}]
+    started = []
+    monkeypatch.setattr(R, "ort_session", lambda path, threads=0: (path, threads))
+    monkeypatch.setattr(R, "ort_pixels", lambda s, px, b, key, what, t=0: fixed(key, what, f"batch {b}",
+                                                                                 {"batch": b, "threads": t}))
+    monkeypatch.setattr(R, "ort_files", lambda s, data, b, key, what, t=0: fixed(key, what, f"batch {b}"))
+    monkeypatch.setattr(R, "preprocess_only", lambda m, data, key, what, draft=True, note="": fixed(key, what, note))
+    monkeypatch.setattr(R, "start_servers", lambda stack, repos, caches=None: [
+        started.append((repo / "preprocess" / "config.pbtxt").is_file()) or repo for repo in repos])
+    # Issue 16's rows (benchmarks/raw_loop.py, duplicates.py, runtimes.py), replaced the same way.
+    from benchmarks import runtimes
+
+    monkeypatch.setattr(runtimes, "openvino_compiled", lambda path, threads=1, bf16=True: (path, threads))
+    monkeypatch.setattr(runtimes, "openvino_pixels", lambda c, px, b, key, what, t: fixed(
+        key, what, f"batch {b}", {"batch": b, "threads": t}))
+    monkeypatch.setattr(runtimes, "ort_openvino_python", lambda: None)
+    record = {"images": 3, "other_accuracy": 0.9, "reference_accuracy": 0.9, "top1_agreement": 1.0,
+              "openvino_precision": "float32", "cpu_bf16_flags": []}
+    monkeypatch.setattr(runtimes, "agreement", lambda onnx, images, labels: record)
+    monkeypatch.setattr(run, "raw_asyncio_loop", lambda servers, model, data, per, n, key, what:
+                        (fixed(key, what, f"{per} photos/request, {n} in flight"), delta))
+    monkeypatch.setattr(run, "scorer_command", lambda servers, model, folder, key, what, args, images:
+                        (fixed(key, what, "whole command"), delta))
+    monkeypatch.setattr(run, "duplicate_job", lambda servers, model, paths, work, key, what, args, round_salt:
+                        (fixed(key, what, "duplicates", {"cache": {"hits": 1, "misses": 9, "hit_share": 0.1}}), delta))
+    monkeypatch.setattr(R, "warm_up", lambda *args: None)
+    monkeypatch.setattr(R, "triton_bulk", lambda servers, protocol, model, folder, n, key, what:
+                        (fixed(key, what, f"{protocol}, {n} in flight, {len(servers)} server(s), {model}"), delta))
+    monkeypatch.setattr(R, "triton_shm_loop", lambda server, model, data, n, key, what, shared_memory:
+                        (fixed(key, what, f"shm {shared_memory}"), delta))
+    monkeypatch.setattr(R, "keras_one_by_one", lambda data, keras_model, key, what: fixed(key, what))
+    monkeypatch.setattr(R, "model_flops", lambda model: 7.7e8)
+    monkeypatch.setattr(R, "matmul_flops_per_s", lambda: 5e10)
+    monkeypatch.setattr(export.quantize, "compare_int8", lambda a, b, items: {
+        "images": 3, "fp32_accuracy": 0.9, "int8_accuracy": 0.9, "change_points": 0.0, "top1_agreement": 1.0})
+    out = tmp_path / "BENCHMARKS.md"
+    samples = str(run.REPO_ROOT / "samples" / "garbage12")
+    assert run.main(["--model", str(onnx), "--int8-model", str(onnx), "--images", samples, "--count", "4",
+                     "--rounds", "1", "--quick", "--out", str(out)]) == 0
+    assert len(started) == sum(v.servers for v in plan.VARIANTS)
+    assert all(started), "a server was started on an incomplete repository"
+    doc = out.read_text()
+    for row in (*plan.TRITON_PLAN, *plan.LOCAL_PLAN):
+        assert f"| {row.key} | {row.what} |" in doc, row.label
+    assert "2 server(s)" in doc and f"{run.NAME}_tta" in doc  # S2 got two servers, row 5 the TTA model

@@ -297,19 +297,51 @@ def _dev_successes(server) -> int:
     return sum(int(m["inference_stats"]["success"].get("count", 0)) for m in stats["model_stats"])
 
 
-def test_two_servers_share_the_requests_and_one_covers_when_the_other_stops(dev_server):
+def _listening_pid(url: str) -> int:
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    return next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
+
+
+def test_two_servers_share_the_requests_and_one_covers_when_the_other_freezes_or_stops(dev_server):
+    import os
+    import signal
+    import time
+
     from server.launch import TritonServer
 
     second = TritonServer(dev_server.model_repository).start()
+    pid = _listening_pid(second.grpc_url)
     try:
         before = _dev_successes(dev_server), _dev_successes(second)
         items = [p for p in GOOD for _ in range(5)]
-        with Classifier([dev_server.grpc_url, second.grpc_url], model="dev", retries=3, backoff=0.05) as clf:
+        with Classifier([dev_server.grpc_url, second.grpc_url], model="dev", retries=3, backoff=0.05,
+                        timeout=2) as clf:
             assert all(r.ok for r in clf.classify_many(items, max_in_flight=4))
-            spread = [_dev_successes(s) - b for s, b in zip((dev_server, second), before)]
+            # Triton counts a request just after answering it: wait for the last one's count.
+            deadline = time.monotonic() + 5
+            while True:
+                spread = [_dev_successes(s) - b for s, b in zip((dev_server, second), before)]
+                if sum(spread) >= len(items) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert sum(spread) == len(items) and min(spread) >= len(items) // 4
+            # Frozen (SIGSTOP): the requests in flight to it time out once and go to the other
+            # URL, which then takes the rest while the frozen one rests. Without the rest, half
+            # of the 40 requests would wait 2 s each: >= 10 s with 4 in flight.
+            os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            assert all(r.ok for r in clf.classify_many(items * 2, max_in_flight=4))
+            took = time.monotonic() - started
+            assert took < 8, took
+            os.kill(pid, signal.SIGCONT)
             second.stop()
             # The stopped server refuses connections; each retry goes to the next URL.
             assert all(clf.classify(p, top_k=1).label for p in GOOD)
     finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         second.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,23 @@ http {{
             grpc_pass grpc://{triton_grpc};
         }}
     }}
+    # A proxy whose upstream is down (502) and one shedding load (429): both retried elsewhere.
+    server {{
+        listen 127.0.0.1:{https_502} ssl;
+        location / {{ proxy_pass http://{dead}; }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpcs_502} ssl http2;
+        location / {{ grpc_pass grpc://{dead}; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https_429} ssl;
+        location / {{ return 429; }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpcs_429} ssl http2;
+        location / {{ return 429; }}
+    }}
     server {{
         listen 127.0.0.1:{https_mtls} ssl;
         ssl_client_certificate {pki}/ca.pem;
@@ -138,12 +156,13 @@ def proxy(dev_server, pki, tmp_path_factory):
     import base64
 
     prefix = tmp_path_factory.mktemp("nginx")
-    ports = {name: _free_port() for name in ("https", "grpcs", "https_mtls", "grpcs_mtls")}
+    ports = {name: _free_port() for name in ("https", "grpcs", "https_mtls", "grpcs_mtls", "https_502",
+                                             "grpcs_502", "https_429", "grpcs_429")}
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         prefix=prefix, pki=pki, api_key=API_KEY, bearer=BEARER,
         basic=base64.b64encode(BASIC.encode()).decode(), triton_http=dev_server.http_url,
-        triton_grpc=dev_server.grpc_url, **ports))
+        triton_grpc=dev_server.grpc_url, dead=f"127.0.0.1:{_free_port()}", **ports))
     process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -158,8 +177,11 @@ def proxy(dev_server, pki, tmp_path_factory):
                         log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
                         pytest.fail(f"nginx did not start: {process.stdout.read()!r} {log}")
                     time.sleep(0.05)
-        yield {("http", False): f"127.0.0.1:{ports['https']}", ("grpc", False): f"127.0.0.1:{ports['grpcs']}",
-               ("http", True): f"127.0.0.1:{ports['https_mtls']}", ("grpc", True): f"127.0.0.1:{ports['grpcs_mtls']}"}
+        urls = {("http", False): ports["https"], ("grpc", False): ports["grpcs"],
+                ("http", True): ports["https_mtls"], ("grpc", True): ports["grpcs_mtls"],
+                ("http", 502): ports["https_502"], ("grpc", 502): ports["grpcs_502"],
+                ("http", 429): ports["https_429"], ("grpc", 429): ports["grpcs_429"]}
+        yield {key: f"127.0.0.1:{port}" for key, port in urls.items()}
     finally:
         process.terminate()
         process.wait(10)
@@ -219,6 +241,21 @@ def test_wrong_ca_is_a_clear_certificate_error(proxy, pki, protocol, call):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("code, status", [(502, "UNAVAILABLE"), (429, None)])
+def test_proxy_502_and_429_are_retried_on_the_next_url(proxy, pki, protocol, code, status, caplog):
+    with Classifier(proxy[protocol, code], protocol, model="dev", retries=0, ca_file=str(pki / "ca.pem"),
+                    api_key=API_KEY) as alone:
+        with pytest.raises(ClassifierError) as info:
+            alone.classify(IMAGE)
+    assert info.value.transient and (status is None or info.value.status == status)
+    with caplog.at_level(logging.WARNING, logger="waste_client"):
+        pred = _classify([proxy[protocol, code], proxy[protocol, False]], protocol, ca_file=str(pki / "ca.pem"),
+                         api_key=API_KEY)
+    assert pred.label in LABELS
+    assert any(proxy[protocol, code] in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_client_certificate_for_mutual_tls(proxy, pki, protocol):
     url = proxy[protocol, True]
     pred = _classify(url, protocol, ca_file=str(pki / "ca.pem"), client_cert=str(pki / "client.pem"),
@@ -254,3 +291,30 @@ def test_command_line_options_override_the_environment(proxy, pki, monkeypatch):
                                       ca_file=str(pki / "ca.pem"), api_key=API_KEY)
     with Classifier(settings=settings) as clf:
         assert clf.classify(IMAGE).label in LABELS
+
+
+def test_scorer_command_reaches_the_proxy_with_tls_and_key(proxy, pki, tmp_path):
+    import csv
+    import os
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(IMAGE, photos / IMAGE.name)
+    out = tmp_path / "results.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "client"), str(REPO_ROOT)]),
+           "WASTE_API_KEY": API_KEY, "WASTE_CA_FILE": str(pki / "ca.pem")}
+    command = [sys.executable, "-m", "waste_client", "score", str(photos), "--url", proxy["grpc", False],
+               "--model", "dev", "--out", str(out), "--no-progress"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [r for r in csv.reader(line for line in out.read_text().splitlines() if not line.startswith("#"))]
+    assert any(LABELS_SET & set(r) for r in rows[1:]), rows
+    env["WASTE_API_KEY"] = "wrong-key"
+    refused = subprocess.run(command[:-3] + ["--out", str(tmp_path / "refused.csv"), "--no-progress", "--wait", "1"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    # Said at once and by name: no waiting for a server that will never let this key in.
+    assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr, refused.stderr[-2000:]
+
+
+LABELS_SET = set(LABELS)

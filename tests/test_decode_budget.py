@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import tritonclient.grpc.aio as grpc_aio
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from export.model_repository import write_dev_classifier, write_model_configs
+from export.model_repository import write_repository
 from server.launch import TritonServer
 from test_preprocess import encode, png_deep_gray, png_header_only, progressive_jpeg
 
@@ -34,12 +33,7 @@ BOUND_S = 2.0
 @pytest.fixture(scope="module")
 def strict_warnings_server(tmp_path_factory):
     """Shared by every attack test: the dev ensemble, preprocess stubs with warnings as errors."""
-    repo = tmp_path_factory.mktemp("attack_repository")
-    for name in ("preprocess", "tta_flip", "tta_mean"):
-        shutil.copytree(REPO_ROOT / "model_repository" / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    write_dev_classifier(repo, "dev")
-    write_model_configs(repo, "dev")
+    repo = write_repository(tmp_path_factory.mktemp("attack_repository"), dev=["dev"])
     # The stub's embedded interpreter ignores the environment (sys.flags.ignore_environment is 1,
     # so PYTHONWARNINGS has no effect there): the filter goes at the top of this copy's model.py.
     model = repo / "preprocess" / "1" / "model.py"

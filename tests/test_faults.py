@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,3 +142,127 @@ def test_corrupt_and_mismatched_models_fail_alone_and_launch_names_them(tmp_path
         line = next(l for l in lines if l.strip().endswith(name) or f" {name}  (" in l)
         assert "READY" not in line.split()[0], line
     assert any(l.split()[:2] == ["READY", "dev_classifier"] for l in lines), text
+
+
+# --- Issue 13.3: the supervisor never gives up silently, and tritonserver dies with its launcher ---
+
+def _children(pid: int, needle: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in "ZX"
+
+
+def _launcher(repo: Path, ports: list[str], **env) -> subprocess.Popen:
+    env = {**os.environ, "MODEL_REPOSITORY": str(repo), "HTTP_PORT": ports[0], "GRPC_PORT": ports[1],
+           "METRICS_PORT": ports[2], "PYTHONPATH": str(REPO_ROOT), **env}
+    return subprocess.Popen([sys.executable, "-m", "server.launch"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _preprocess_only(root: Path) -> Path:
+    shutil.copytree(REPO_ROOT / "model_repository" / "preprocess", root / "preprocess",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_sigkilled_launcher_takes_tritonserver_and_its_stubs_with_it(tmp_path):
+    repo = _preprocess_only(tmp_path / "repo")
+    proc = _launcher(repo, [str(free_port()) for _ in range(3)])
+    server = stubs = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the launcher exited before serving"
+            if "Ctrl-C to stop" in line:
+                break
+        (server,) = _children(proc.pid, b"tritonserver")
+        stubs = _children(server, b"triton_python_backend_stub")
+        assert len(stubs) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30  # SIGTERM: Triton's graceful exit (--exit-timeout-secs=10)
+        while time.monotonic() < deadline and any(_alive(p) for p in [server, *stubs]):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in [server, *stubs]), "tritonserver outlived its launcher"
+    finally:
+        for pid in [proc.pid] + ([server] if server else []) + (stubs or []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+
+def test_server_that_cannot_start_makes_the_launcher_exit_non_zero_after_n_attempts(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    with socket.socket() as squatter:  # another program holds the HTTP port: every start fails
+        squatter.bind(("127.0.0.1", ports[0]))
+        squatter.listen()
+        started = time.monotonic()
+        proc = _launcher(tmp_path, [str(p) for p in ports], RESTART_ATTEMPTS="3")
+        try:
+            output, _ = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    took = time.monotonic() - started
+    assert proc.returncode == 3, output
+    for attempt in (1, 2, 3):
+        assert f"start attempt {attempt} of 3 failed" in output, output
+    assert "next attempt in 1.0 s" in output and "next attempt in 2.0 s" in output, output
+    assert "gave up after 3 failed attempts in a row" in output, output
+    assert not _children(proc.pid, b"tritonserver")
+    print(f"\nlauncher gave up after 3 attempts in {took:.1f} s")
+
+
+def test_a_failed_restart_is_retried_until_the_server_is_back(tmp_path, caplog):
+    """The issue's bug: one failed restart left the supervisor blind. Now it backs off and retries."""
+    caplog.set_level("INFO", logger="server.launch")
+    repo = _preprocess_only(tmp_path / "repo")
+    with TritonServer(repo, supervise=True, restart_backoff=0.5) as server:
+        old = server._process.pid
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        try:
+            os.killpg(old, signal.SIGKILL)  # tritonserver and its stubs, at once
+            deadline = time.monotonic() + 5
+            while True:  # take the HTTP port before the restart does (it needs seconds to bind)
+                try:
+                    squatter.bind(("127.0.0.1", server.http_port))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            squatter.listen()
+            deadline = time.monotonic() + 120
+            while "start attempt 1 of 5 failed" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.2)
+        finally:
+            squatter.close()
+        deadline = time.monotonic() + 120
+        while not (server.is_running() and server._process.pid != old and
+                   "ready again after 1 failed attempt(s)" in caplog.text):
+            assert time.monotonic() < deadline and server.gave_up is None, caplog.text
+            time.sleep(0.2)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert client.is_server_ready()
+        assert server.restarts == 1 and server.gave_up is None

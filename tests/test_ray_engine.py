@@ -1,13 +1,19 @@
-"""The Ray Data engine of the bulk scorer on a real two-node Ray cluster and two real tritonservers.
+"""`score --engine ray` on a real two-node Ray cluster and two real tritonservers.
 
-One cluster (a head and a second node, started by `ray.cluster_utils.Cluster` on free ports) and
-one extra tritonserver serve the whole module, because starting Ray costs seconds of both cores.
+One cluster (a head and a second node, `ray.cluster_utils.Cluster`, ports left to the OS) and one
+extra tritonserver serve the whole module, because starting Ray costs seconds of both cores. The
+scorer runs as a subprocess joining the cluster (`--ray-address`), as a user would run it; the
+fault tests drive the engine in this process, where the actors' pids are at hand.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -21,12 +27,15 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from server.launch import TritonServer  # noqa: E402
 from waste_client import Classifier, ClassifierError, Prediction  # noqa: E402
 from waste_client._ray import RayEngine  # noqa: E402
+from waste_client._results import error_status, read_results  # noqa: E402
+from waste_client.cli import main  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
 GOOD = sorted((SAMPLES / "garbage12").rglob("*.jpg"))
 BAD = sorted((SAMPLES / "bad").iterdir())
 NODE_MEMORY = 100 * 1024 * 1024
+CLIENT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "client"), str(REPO_ROOT)])}
 #: Generous retries, as the CLI gives: a request that lands on a dead server moves to the other.
 RETRIES = 20
 
@@ -60,19 +69,18 @@ def servers(dev_server):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """36 photos, 4 broken files and a name that is not UTF-8; then 8 more links to each photo."""
+    """few/: 36 photos, the broken samples and a name that is not UTF-8; many/: 8 links to each photo."""
     root = tmp_path_factory.mktemp("ray_photos")
-    for src in GOOD + BAD:
-        shutil.copy(src, root / src.name)
-    weird = os.fsdecode(b"caf\xe9, \"quoted\"\nline.jpg")
-    shutil.copy(GOOD[0], root / weird)
-    few = sorted(str(p) for p in root.iterdir())
-    many = root / "many"
+    few, many = root / "few", root / "many"
+    few.mkdir()
     many.mkdir()
+    for src in GOOD + BAD:
+        shutil.copy(src, few / src.name)
+    shutil.copy(GOOD[0], few / os.fsdecode(b"caf\xe9, \"quoted\"\nline.jpg"))
     for copy in range(8):
         for src in GOOD:
-            os.link(root / src.name, many / f"{copy}-{src.name}")
-    return few, sorted(str(p) for p in many.iterdir())
+            os.link(few / src.name, many / f"{copy}-{src.name}")
+    return sorted(str(p) for p in few.iterdir()), sorted(str(p) for p in many.iterdir())
 
 
 def _map_workers(cluster) -> dict[int, str]:
@@ -95,53 +103,85 @@ def _engine(servers, **options):
                      batch_size=4, retries=RETRIES, **options)
 
 
-def _outcome(value):
-    if isinstance(value, Prediction):
-        return ("ok", value.label, tuple(label for label, _ in value.top_k))
-    return ("error", value.status)
+def _ray_scorer(cluster, servers, source, out, *extra):
+    cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--engine", "ray",
+           "--ray-address", cluster.address, "--url", ",".join(s.grpc_url for s in servers),
+           "--model", "dev", "--out", str(out), "--actors", "2", "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLIENT_ENV)
 
 
-def test_same_labels_as_one_client_on_both_nodes(cluster, servers, photos):
+def _rows(out) -> dict:
+    rows = read_results(str(out))
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a path written twice"
+    return {r["path"]: (r["label"], error_status(r["error"]) if r["error"] else "") for r in rows}
+
+
+def test_cli_ray_engine_gives_the_local_engines_rows_on_both_nodes(cluster, servers, photos, tmp_path):
     few, _ = photos
-    with Classifier(servers[0].grpc_url, model="dev") as clf:
-        expected = {r.item: _outcome(r.prediction or r.error) for r in clf.classify_many(few, top_k=3)}
-    got, nodes = {}, set()
-    with _engine(servers) as engine:
-        for identity, outcome in engine.results(iter(few)):
-            assert identity not in got, f"{identity!r} returned twice without a fault"
-            got[identity] = outcome
-            nodes.update(_map_workers(cluster).values())
-    assert {i: _outcome(o) for i, o in got.items()} == expected
-    weird = [i for i in few if "\n" in i]
-    assert len(weird) == 1 and isinstance(got[weird[0]], Prediction)  # a non-UTF-8 name round-trips
-    assert got[weird[0]].source == weird[0]
-    statuses = {o.status for o in got.values() if isinstance(o, ClassifierError)}
-    assert statuses == {"INVALID_ARGUMENT"} and sum(isinstance(o, Prediction) for o in got.values()) == 37
+    source = os.path.dirname(few[0])
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert main(["score", source, "--url", servers[0].grpc_url, "--model", "dev", "--out", str(local),
+                 "--no-progress", "--no-table", "--json"]) == 1  # the broken samples are error rows
+    proc = _ray_scorer(cluster, servers, source, remote, "--json", "--in-flight", "2", "--batch-size", "2")
+    nodes = set()
+    while proc.poll() is None:
+        nodes.update(_map_workers(cluster).values())
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 1, stderr.decode(errors="replace")
+    summary = json.loads(stdout)
+    assert (summary["found"], summary["ok"], summary["errors"]) == (len(few), len(few) - len(BAD), len(BAD))
+    assert _rows(remote) == _rows(local)
+    assert set(_rows(remote)) == set(few)  # a non-UTF-8 name with a newline and quotes included
     assert len(nodes) == 2, "the two actors should run on the two nodes"
 
 
-def test_actor_killed_mid_job_is_replaced(cluster, servers, photos):
+def test_cli_driver_killed_then_rerun_resumes(cluster, servers, photos, tmp_path):
     _, many = photos
-    got, killed, replaced = {}, None, False
-    with _engine(servers) as engine:
-        for identity, outcome in engine.results(many):
-            got.setdefault(identity, []).append(outcome)
-            workers = _map_workers(cluster)
-            if killed is None and workers:
-                killed = max(workers)
-                os.kill(killed, signal.SIGKILL)
-                at = len(got)
-            elif killed is not None and set(workers) - {killed} and len(workers) == 2:
-                replaced = True
-    assert killed is not None and at < len(many) // 2, "the kill should land early in the job"
-    assert set(got) == set(many)
-    assert all(isinstance(o, Prediction) for outcomes in got.values() for o in outcomes)
+    source, out = os.path.dirname(many[0]), tmp_path / "r.csv"
+    first = _ray_scorer(cluster, servers, source, out, "--in-flight", "1", "--batch-size", "2")
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_bytes().count(b"\n") > 20):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    before = len(read_results(str(out)))
+    assert 0 < before < len(many)
+    rerun = _ray_scorer(cluster, servers, source, out, "--json")
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr.decode(errors="replace")[-3000:]
+    summary = json.loads(stdout)
+    assert summary["skipped"] >= before and summary["errors"] == 0
+    assert set(_rows(out)) == set(many)
+
+
+def test_cli_actor_killed_mid_job_is_replaced_and_the_output_stays_exact(cluster, servers, photos, tmp_path):
+    _, many = photos
+    source, out = os.path.dirname(many[0]), tmp_path / "r.jsonl"
+    proc = _ray_scorer(cluster, servers, source, out, "--json", "--in-flight", "1", "--batch-size", "2")
+    killed, replaced, rows_at_kill = None, False, 0
+    while proc.poll() is None:
+        workers = _map_workers(cluster)
+        rows = out.read_bytes().count(b"\n") if out.exists() else 0
+        if killed is None and len(workers) == 2 and rows > 5:
+            killed, rows_at_kill = max(workers), rows
+            os.kill(killed, signal.SIGKILL)
+        elif killed is not None and len(set(workers) - {killed}) == 2:
+            replaced = True
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr.decode(errors="replace")[-3000:]
+    assert killed is not None and rows_at_kill < len(many) // 2, "the kill should land early in the job"
     assert replaced, "Ray should restart the killed actor"
+    assert json.loads(stdout)["errors"] == 0
+    assert set(_rows(out)) == set(many)
 
 
 def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
     _, many = photos
-    gone = servers[1]
+    gone = servers[1]  # not restarted: this test comes last in the module
     got = {}
     try:
         with _engine(servers) as engine:
@@ -155,4 +195,3 @@ def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
         assert not errors, errors[:3]
     finally:
         gone.stop()
-        gone.start()

@@ -473,3 +473,33 @@ def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path, halt):
     rows = read_results(str(out))
     assert [r["error"] for r in rows if r["error"]][:2] == [] and summary.errors == 0
     assert _once(out) == Counter(paths)
+
+
+def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path):
+    paths = _photos(tmp_path / "many", 150)
+    out = tmp_path / "r.csv"
+    proc = _scorer(dev_server, tmp_path / "many", out)
+    _wait_rows(out, 10, proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"run again to resume" in err
+    assert 0 < len(read_results(str(out))) < 150
+    assert _score(dev_server, tmp_path / "many", out, "--no-table") == 0
+    assert _once(out) == Counter(paths)
+
+
+def test_engine_ray_from_the_command_line(dev_server, tmp_path):
+    """`--engine ray` runs the same job through the Ray engine (a local Ray started by the command)."""
+    paths = _photos(tmp_path / "p", 12)
+    shutil.copy(SAMPLES / "bad" / "notes.jpg", tmp_path / "p" / "notes.jpg")
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "waste_client", "score", str(tmp_path / "p"), "--url", dev_server.grpc_url,
+         "--model", "dev", "--out", str(out), "--engine", "ray", "--actors", "1", "--batch-size", "4", "--json"],
+        env=CLIENT_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["ok"], summary["errors"]) == (12, 1)
+    rows = {r["path"]: r for r in read_results(str(out))}
+    assert _once(out) == Counter(paths + [str(tmp_path / "p" / "notes.jpg")])
+    assert rows[str(tmp_path / "p" / "notes.jpg")]["error"].startswith("INVALID_ARGUMENT")

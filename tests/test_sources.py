@@ -140,6 +140,10 @@ def test_s3_prefix_streams_and_reads(bucket):
     with pytest.raises(ClassifierError) as info:
         read_source(f"s3://{name}/day1/missing.jpg")
     assert info.value.status == "FILE_NOT_FOUND"
+    for typo in (f"s3://{name}/dya1", f"s3://{name}-nope/day1"):
+        with pytest.raises(ClassifierError) as info:
+            list(iter_sources(typo))
+        assert info.value.status == "FILE_NOT_FOUND" and typo in info.value.message
 
 
 # -- the local engine against a real server ---------------------------------------------------------
@@ -163,3 +167,30 @@ def test_local_engine_one_outcome_per_identity(dev_server, tmp_path):
     assert pairs[str(tmp_path / "missing.jpg")].status == "FILE_NOT_FOUND"
     assert pairs[str(tmp_path / "bad.jpg")].status == "INVALID_ARGUMENT"
     assert all(isinstance(pairs[i], Prediction) and len(pairs[i].top_k) == 2 for i in ids[:11])
+
+
+# -- one photo over HTTP (a real local web server) --------------------------------------------------
+
+def test_http_url_is_one_photo(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    shutil.copy(GOOD[0], tmp_path / "a.jpg")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.jpg"
+        assert list(iter_sources(url)) == [url]
+        assert read_source(url) == GOOD[0].read_bytes()
+        with pytest.raises(ClassifierError) as info:
+            read_source(url, max_bytes=10)
+        assert info.value.status == "INVALID_ARGUMENT"
+        with pytest.raises(ClassifierError) as info:
+            read_source(url.replace("a.jpg", "gone.jpg"))
+        assert info.value.status == "FILE_NOT_FOUND"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,10 +1,10 @@
 """The split manifest as lists of (absolute path, class index) per split, and the class list it implies."""
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 
+from training.data_split import load_manifest  # the one reader of manifest files
 from training.labels import CLASSES
 
 
@@ -14,8 +14,7 @@ def manifest_classes(manifest: str | Path) -> tuple[str, ...]:
     For garbage12 this is exactly `training.labels.CLASSES` (alphabetical), so models trained before
     classes became configurable keep their output order.
     """
-    with open(manifest, newline="") as f:
-        return tuple(sorted({row["label"] for row in csv.DictReader(f) if row["split"] in ("train", "val", "test")}))
+    return tuple(sorted({row.label for row in load_manifest(manifest).rows if row.split in ("train", "val", "test")}))
 
 
 def resolve_classes(configured: str, manifest: str | Path) -> tuple[str, ...]:
@@ -52,14 +51,13 @@ def load_split(manifest: str | Path, data_dir: str | Path, limit_per_class: int 
     data_dir = Path(data_dir)
     index = {name: i for i, name in enumerate(classes)}
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-    with open(manifest, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] in splits:
-                if row["label"] not in index:
-                    raise ValueError(f"{manifest}: class {row['label']!r} (folder of {row['relpath']}) is not one of "
-                                     f"the run's classes {list(classes)}; list it in the config's `classes` "
-                                     f"or leave `classes` empty to take the manifest's")
-                splits[row["split"]].append((str(data_dir / row["relpath"]), index[row["label"]]))
+    for row in load_manifest(manifest).rows:
+        if row.split in splits:
+            if row.label not in index:
+                raise ValueError(f"{manifest}: class {row.label!r} (folder of {row.relpath}) is not one of "
+                                 f"the run's classes {list(classes)}; list it in the config's `classes` "
+                                 f"or leave `classes` empty to take the manifest's")
+            splits[row.split].append((str(data_dir / row.relpath), index[row.label]))
     for name, items in splits.items():
         items.sort()
         if limit_per_class:

@@ -97,6 +97,8 @@ class AsyncClassifier:
         self.retry_policy = RetryPolicy(int(s.retries), float(s.backoff), float(s.max_backoff))
         self._transport = load_transport(s)
         self._pool_urls = UrlPool(self.urls)
+        #: Why the last :meth:`is_ready` said no (None when it said yes or was never asked).
+        self.readiness_error: Optional[ClassifierError] = None
         self._clients: Dict[int, Any] = {}
         self._closed = False
 
@@ -319,6 +321,8 @@ class AsyncClassifier:
     async def is_ready(self) -> bool:
         """Tell whether any server URL is ready and serves the model; never raises.
 
+        When not ready, ``readiness_error`` says why.
+
         Returns
         -------
         bool
@@ -331,14 +335,17 @@ class AsyncClassifier:
                 if ready and await asyncio.wait_for(
                         client.is_model_ready(self.model, self.version, **args), self.timeout):
                     self._pool_urls.succeeded(index)
+                    self.readiness_error = None
                     return True
+                err = ClassifierError(f"model {self.model!r} is not ready on {self.urls[index]}", "UNAVAILABLE")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - unreachable simply means not ready
                 err = self._transport.translate(exc)
-                logger.debug("%s not ready: %s", self.urls[index], err)
                 if err.transient:
                     self._pool_urls.failed(index, str(err))
+            logger.debug("%s not ready: %s", self.urls[index], err)
+            self.readiness_error = err
         return False
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -16,6 +16,7 @@ from ._prediction import ModelInfo, Prediction, Result
 from ._request import ImageInput, build_request, check_top_k, read_input, read_response, ready_models
 from ._retry import Attempts, RetryPolicy, UrlPool
 from ._settings import DEFAULT_TOP_K, ClientSettings, load_transport, resolve
+from ._threads import DaemonPool
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Classifier:
         self.retry_policy = RetryPolicy(int(s.retries), float(s.backoff), float(s.max_backoff))
         self._transport = load_transport(s)
         self._pool_urls = UrlPool(self.urls)
+        #: Why the last :meth:`is_ready` said no (None when it said yes or was never asked).
+        self.readiness_error: Optional[ClassifierError] = None
         self._lock = threading.Lock()
         # Set by close(): wakes every thread waiting through a backoff, so Ctrl-C is not held up.
         self._stop = threading.Event()
@@ -104,7 +107,7 @@ class Classifier:
         self._shared: Dict[int, Any] = {}
         self._local = threading.local()
         self._clients: List[Any] = []
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: Optional[DaemonPool] = None
         self._pool_size = 0
 
     def __repr__(self) -> str:
@@ -292,15 +295,15 @@ class Classifier:
             except Exception as exc:  # noqa: BLE001 - every item gets its own outcome
                 yield Result(item, error=ClassifierError(f"{type(exc).__name__}: {exc}", "INTERNAL"))
 
-    def _executor(self, size: int) -> ThreadPoolExecutor:
+    def _executor(self, size: int) -> DaemonPool:
         with self._lock:
             if self._closed:
                 raise ClassifierError("the classifier is closed", "CANCELLED")
             if self._pool is None or self._pool_size < size:
                 if self._pool is not None:
-                    self._pool.shutdown(wait=False)
+                    self._pool.shutdown(wait=False, cancel=False)
                 self._pool_size = max(size, self.concurrency)
-                self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="waste-client")
+                self._pool = DaemonPool(self._pool_size)
             return self._pool
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Outputs,
@@ -377,7 +380,9 @@ class Classifier:
         """Tell whether any server URL is ready and serves the model.
 
         Never raises and never retries: a readiness probe answers now. A URL found
-        unreachable is skipped by the next requests for a while.
+        unreachable is skipped by the next requests for a while. When not ready,
+        ``readiness_error`` says why (e.g. ``PERMISSION_DENIED`` from a proxy, which no
+        waiting will change).
 
         Returns
         -------
@@ -389,12 +394,15 @@ class Classifier:
                 client = self._client(index)
                 if client.is_server_ready(**args) and client.is_model_ready(self.model, self.version, **args):
                     self._pool_urls.succeeded(index)
+                    self.readiness_error = None
                     return True
+                err = ClassifierError(f"model {self.model!r} is not ready on {self.urls[index]}", "UNAVAILABLE")
             except Exception as exc:  # noqa: BLE001 - unreachable simply means not ready
                 err = self._transport.translate(exc)
-                logger.debug("%s not ready: %s", self.urls[index], err)
                 if err.transient:
                     self._pool_urls.failed(index, str(err))
+            logger.debug("%s not ready: %s", self.urls[index], err)
+            self.readiness_error = err
         return False
 
     def close(self, wait: bool = True) -> None:
@@ -416,7 +424,7 @@ class Classifier:
             pool, self._pool = self._pool, None
             clients, self._clients, self._shared = self._clients, [], {}
         if pool is not None:
-            pool.shutdown(wait=wait, cancel_futures=True)
+            pool.shutdown(wait=wait)
         for client in clients:
             try:
                 client.close()

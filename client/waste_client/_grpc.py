@@ -19,6 +19,8 @@ from ._settings import ClientSettings
 # answer with GOAWAY "too_many_pings", even when one request runs long.
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 5_000
+# tritonclient's own limit (2 GiB - 1); the real bound is the settings' max_bytes per image.
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class Transport:
@@ -40,11 +42,24 @@ class Transport:
 
     def _client_args(self) -> Dict[str, Any]:
         s = self.settings
-        args: Dict[str, Any] = {
-            "keepalive_options": self.module.KeepAliveOptions(
-                keepalive_time_ms=KEEPALIVE_TIME_MS, keepalive_timeout_ms=KEEPALIVE_TIMEOUT_MS,
-                keepalive_permit_without_calls=False, http2_max_pings_without_data=2),
-        }
+        connect_ms = max(1, int(s.connect_timeout * 1000))
+        # tritonclient takes either its keepalive options or the full channel arguments; the full
+        # list is given so the connect timeout applies too. gRPC bounds one connection attempt by
+        # max(min_reconnect_backoff, backoff), 20 s by default: a URL that never answers would
+        # hold every request until its deadline instead of failing over after connect_timeout.
+        args: Dict[str, Any] = {"channel_args": [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 2),
+            ("grpc.min_reconnect_backoff_ms", connect_ms),
+            ("grpc.initial_reconnect_backoff_ms", connect_ms),
+            # A name that resolves to several servers (`dns:///` + a Kubernetes headless Service)
+            # gets a connection to each and requests spread over them; one address: no change.
+            ("grpc.lb_policy_name", "round_robin"),
+        ]}
         if s.tls:
             args.update(ssl=True, root_certificates=s.ca_file, private_key=s.client_key,
                         certificate_chain=s.client_cert)

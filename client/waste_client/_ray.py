@@ -241,6 +241,7 @@ class RayEngine:
             where = address or "a local Ray"
             raise ClassifierError(f"cannot start or join Ray ({where}): {exc}", "UNAVAILABLE") from exc
         self._owns_ray = True
+        _cluster_errors_to_log(ray)
         logger.info("Ray %s: %s", "joined" if address else "started locally",
                     ray.cluster_resources())
 
@@ -345,6 +346,24 @@ def _import_ray() -> Any:
         raise ClassifierError("the Ray engine needs Ray Data: pip install 'waste-client[ray]'",
                               "FAILED_PRECONDITION") from None
     return ray
+
+
+def _cluster_errors_to_log(ray: Any) -> None:
+    """Send the cluster's error messages for this job (a worker died...) to logging.
+
+    Ray's driver prints them on stdout whatever ``log_to_driver`` says, where they would
+    corrupt the scorer's ``--json`` output; Ray 2.60 offers no option for it, so the one
+    function its listener thread calls is replaced (and left alone if it ever moves).
+    """
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if not callable(getattr(worker, "print_to_stdstream", None)):
+        return
+
+    def to_log(data: Dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", ()):
+            logger.warning("Ray (%s): %s", data.get("pid", "?"), line)
+
+    worker.print_to_stdstream = to_log
 
 
 def _quiet_ray_data(ray: Any, verbose: bool) -> None:

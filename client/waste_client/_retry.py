@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 #: after that the next request to it is the probe that finds it back.
 DEAD_MIN_S = 1.0
 DEAD_MAX_S = 30.0
+#: Wait before the one retry of a request that met a crashed backend: the launcher's supervisor
+#: notices a dead stub within 0.5 s and restarts the server (RELIABILITY.md), so the retry meets
+#: the restart (refused: ordinary retries) or the fresh server, not the same dead stub.
+CRASH_RETRY_DELAY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class Attempts:
         self.what = what
         self.attempt = 0
         self.crash_retried = False
+        self.timed_out = False
         self.index: Optional[int] = None
 
     def next_index(self) -> int:
@@ -196,22 +201,30 @@ class Attempts:
         Raises
         ------
         ClassifierError
-            ``err`` when it is not transient or the retries are spent; ``INTERNAL`` when a
-            request crashed a backend a second time.
+            ``err`` when it is not transient or the retries are spent, or when the request
+            timed out a second time; ``INTERNAL`` when a request crashed a backend a second time.
         """
         url = self.pool.urls[self.index] if self.index is not None else "?"
         if err.transient and self.index is not None:
             self.pool.failed(self.index, f"{err.status}: {err.message}")
-        if err.crashed_backend:
+        if err.crashed_backend and self.policy.retries > 0:
             if self.crash_retried:
                 # Twice in a row: this request is likely what kills the backend; a third try
                 # would restart the server again for nothing.
                 raise ClassifierError(f"the server's backend crashed twice on this request: {err.message}",
                                       "INTERNAL") from cause
             self.crash_retried = True
-        elif not err.transient or self.attempt >= self.policy.retries:
+        elif not err.transient or self.attempt >= self.policy.retries or (
+                err.status == "DEADLINE_EXCEEDED" and self.timed_out):
+            # A request that ran out of time twice is most likely slow itself (a costly image),
+            # not a slow server: retrying it 40 times would cost 40 timeouts. One retry, on the
+            # next URL, covers a server that froze; a dead one fails to connect (UNAVAILABLE).
             raise err from (None if err is cause else cause)
+        if err.status == "DEADLINE_EXCEEDED":
+            self.timed_out = True
         delay = self.policy.delay(self.attempt)
+        if err.crashed_backend:
+            delay = max(delay, CRASH_RETRY_DELAY_S)
         self.attempt += 1
         logger.warning("%s failed on %s (%s: %s); retry %d of %d in %.2f s",
                        self.what, url, err.status, err.message, self.attempt, self.policy.retries, delay)

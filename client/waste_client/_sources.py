@@ -116,9 +116,17 @@ def _iter_remote(url: str) -> Iterator[str]:
         yield f"{protocol}://{path}"
         return
     if protocol in ("s3", "s3a") and hasattr(fs, "_iterdir"):
-        for info in _iter_s3_flat(fs, path):
-            if info.get("type") == "file" and is_image_name(info["name"]):
-                yield f"{protocol}://{info['name']}"
+        listed = 0
+        try:
+            for info in _iter_s3_flat(fs, path):
+                listed += 1
+                if info.get("type") == "file" and is_image_name(info["name"]):
+                    yield f"{protocol}://{info['name']}"
+        except FileNotFoundError as exc:  # no such bucket
+            raise ClassifierError(f"{url} does not exist: {exc}", "FILE_NOT_FOUND") from exc
+        if not listed:
+            # A prefix with no object is what a typo looks like: say so rather than score nothing.
+            raise ClassifierError(f"no object under {url}", "FILE_NOT_FOUND")
         return
     # Elsewhere fsspec's walk lists folder by folder: the first folder's photos go out while
     # the next folders are listed.

@@ -156,10 +156,13 @@ def wait_until_ready(classifier: Classifier, wait_s: float, poll_s: float = 0.5)
     """
     deadline = time.monotonic() + wait_s
     while not classifier.is_ready():
+        reason = getattr(classifier, "readiness_error", None)
+        if reason is not None and not reason.transient:
+            raise reason  # a refused key or an untrusted certificate: waiting changes nothing
         if time.monotonic() >= deadline:
             raise ClassifierError(
                 f"model {classifier.model!r} is not ready on {','.join(classifier.urls)} "
-                f"({classifier.protocol})",
+                f"({classifier.protocol})" + (f": {reason.message}" if reason is not None else ""),
                 "UNAVAILABLE",
             )
         time.sleep(poll_s)
@@ -247,6 +250,12 @@ def score(
     with ResultWriter(out, header, retry_errors=retry_errors, append_source=append_source) as writer:
         summary.repaired = writer.existing.dropped
         summary.retried = writer.existing.retried
+        if writer.existing.rows or summary.retried:
+            logger.info("resuming %s: %d photo(s) done, %d error row(s) to score again", out,
+                        writer.existing.rows, summary.retried)
+        if summary.repaired:
+            logger.warning("%s: dropped %d torn or duplicate row(s) left by an earlier run", out,
+                           summary.repaired)
         done = writer.existing.done
         bar = tqdm(total=0, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
         queued: Set[str] = set()

@@ -1,0 +1,99 @@
+"""Issue 16's targets from one run's rows: scorer vs raw client, served vs CPU bound, fastest path.
+
+Rows are looked up by plan label in `m` (as in `benchmarks/report.py`); a row the run did not
+measure (no separate ORT + OpenVINO venv, no second model) leaves its target out rather than
+inventing a value. Labels used:
+
+- FP32 / INT8 served rows: "on16", "on32" / "int8", "int8_32" (the bulk scorer's code path),
+  raw asyncio loops "raw8x4", "raw1x16" / "int8_raw8x4", "int8_raw1x16", the scorer as a command
+  "cmd" / "int8_cmd", the openvino backend "ov16" / "ov_int8_16";
+- in-process: row 1 and 6a sweeps (single-thread classifier), "2p" (preprocess alone);
+- duplicates: "dup_cache1", "dup_nocache1" (one photo per request), "dup_cache" (scorer defaults).
+"""
+from __future__ import annotations
+
+from benchmarks.measure import Row
+from benchmarks.raw_loop import cpu_bound
+
+#: Served rows of each model, the candidates for "best served" and "fastest path".
+SERVED = {
+    "fp32": ("on16", "on32", "raw8x4", "raw1x16", "cmd"),
+    "int8": ("int8", "int8_32", "int8_raw8x4", "int8_raw1x16", "int8_cmd"),
+    "openvino fp32": ("ov16",),
+    "openvino int8": ("ov_int8_16",),
+}
+RAW = {"fp32": ("raw8x4", "raw1x16"), "int8": ("int8_raw8x4", "int8_raw1x16")}
+COMMAND = {"fp32": "cmd", "int8": "int8_cmd"}
+#: Accuracy change each served path may have against the FP32 ONNX Runtime path, in points.
+ACCURACY_TOLERANCE = 0.1
+
+
+def _best(rows):
+    rows = [r for r in rows if r is not None]
+    return max(rows, key=lambda r: r.images_per_s) if rows else None
+
+
+def single_thread_best(sweep: list[Row]) -> Row | None:
+    """The best single-thread point of an in-process sweep (the classifier as one server instance runs)."""
+    return _best([r for r in sweep if r.params.get("threads") == 1])
+
+
+def bound_rows(m: dict, sweeps: dict) -> dict:
+    """Rows "B" (FP32) and "Bi" (INT8): cores / (preprocess + single-thread classifier CPU per image)."""
+    out = {}
+    for label, sweep_key, what in (("B", "1", "per-image CPU bound, FP32"), ("Bi", "6a", "per-image CPU bound, INT8")):
+        classifier = single_thread_best(sweeps.get(sweep_key, []))
+        if classifier is not None and "2p" in m:
+            out[label] = cpu_bound(m["2p"], classifier, label, what)
+    return out
+
+
+def best_served(m: dict, kind: str) -> Row | None:
+    return _best([m.get(label) for label in SERVED[kind]])
+
+
+def targets(m: dict, bounds: dict, accuracy_points: dict) -> list[tuple[str, float, float]]:
+    """(target, measured, needed) for issue 16, from rows of one run.
+
+    `accuracy_points` maps a served kind ("int8", "openvino fp32", ...) to its test-split accuracy
+    change in points against FP32 ONNX Runtime; a kind without an entry cannot be the fastest path.
+    """
+    out = []
+    for kind in ("fp32", "int8"):
+        raw = _best([m.get(label) for label in RAW[kind]])
+        command = m.get(COMMAND[kind])
+        if raw and command:
+            out.append((f"scorer command / best raw asyncio loop, {kind.upper()} ({command.key} / {raw.key}) >= 0.95",
+                        command.images_per_s / raw.images_per_s, 0.95))
+    for kind, label in (("fp32", "B"), ("int8", "Bi")):
+        served, bound = best_served(m, kind), bounds.get(label)
+        if served and bound:
+            out.append((f"best served {kind.upper()} / per-image CPU bound ({served.key} / {label}) >= 0.90",
+                        served.images_per_s / bound.images_per_s, 0.90))
+    today = _best([m.get("on16"), m.get("on32")])
+    eligible = {kind: best_served(m, kind) for kind in SERVED
+                if kind == "fp32" or abs(accuracy_points.get(kind, float("inf"))) <= ACCURACY_TOLERANCE}
+    eligible = {kind: row for kind, row in eligible.items() if row is not None}
+    if today and eligible:
+        kind, fastest = max(eligible.items(), key=lambda item: item[1].images_per_s)
+        out.append((f"fastest served CPU path within {ACCURACY_TOLERANCE} pt accuracy ({kind}, {fastest.key}) / "
+                    f"today's served FP32 (3r) >= 1.4", fastest.images_per_s / today.images_per_s, 1.4))
+    return out
+
+
+def duplicate_lines(m: dict) -> list[str]:
+    """The duplicate-photo job: throughput and cache hits with the cache on and off."""
+    lines = []
+    for label in ("dup_nocache1", "dup_cache1", "dup_cache"):
+        row = m.get(label)
+        if row is None:
+            continue
+        cache = row.params.get("cache", {})
+        lines.append(f"- {row.key} {row.what} ({row.note}): {row.images_per_s:.1f} images/s; "
+                     f"{row.params.get('duplicates', 0)} duplicates per round, cache hits {cache.get('hits', 0)}, "
+                     f"misses {cache.get('misses', 0)} (hit share {cache.get('hit_share', 0.0):.1%}, summed "
+                     f"over the rounds, each a fresh job)")
+    on, off = m.get("dup_cache1"), m.get("dup_nocache1")
+    if on and off:
+        lines.append(f"- cache on / off, one photo per request: {on.images_per_s / off.images_per_s:.2f}x")
+    return lines
