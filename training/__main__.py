@@ -1,4 +1,4 @@
-"""`python -m training {audit,split,train,finetune,evaluate} ...`: one entry point, one module per command."""
+"""`python -m training {audit,split,train,finetune,evaluate,ablation} ...`: one entry point, one module per command."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +9,7 @@ COMMANDS = {
     "train": "training.train",
     "finetune": "training.finetune",
     "evaluate": "training.evaluate",
+    "ablation": "training.ablation",
 }
 
 
