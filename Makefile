@@ -74,7 +74,10 @@ export: setup
 evaluate: setup
 	$(PY) -m training evaluate $$($(PY) -m export.model_repository latest $(NAME)) --out $(RUN)/eval
 
+# Row 1v (ONNX Runtime + OpenVINO provider) needs its own venv (docs/PERFORMANCE.md); without PyPI
+# the row is skipped, not the benchmark.
 bench: setup
+	-scripts/ort_openvino_venv.sh .venv-ort-openvino
 	$(PY) -m benchmarks.run $(if $(MODEL),--model $(MODEL))
 
 loadtest: setup

@@ -171,6 +171,7 @@ def issue16_lines(m: dict, accuracy16: dict | None) -> list[str]:
                      f"top-1 agreement {record['top1_agreement']:.4f}, inference precision "
                      f"{record['openvino_precision']} (CPU bf16 flags: {', '.join(record['cpu_bf16_flags']) or 'none'})")
     lines += serving_targets.duplicate_lines(m)
+    lines += serving_targets.overhead_lines(m)
     for label in ("cmd", "int8_cmd"):
         row = m.get(label)
         if row and "scorer command" in row.params.get("cpu_ms_per_image", {}):

@@ -97,3 +97,32 @@ def duplicate_lines(m: dict) -> list[str]:
     if on and off:
         lines.append(f"- cache on / off, one photo per request: {on.images_per_s / off.images_per_s:.2f}x")
     return lines
+
+
+def overhead_lines(m: dict) -> list[str]:
+    """Where a served image's CPU goes beyond the in-process work the bound counts (issue 16, item 2).
+
+    For each served row with a CPU breakdown: the preprocess stubs and classifier stubs against the
+    same code in process (row B / Bi's parts), the rest of the server (tritonserver, ensemble
+    hops, other processes), the client, and the cores left idle.
+    """
+    lines = []
+    for labels, bound_label in ((("on16", "raw8x4", "raw1x16", "cmd"), "B"),
+                                (("int8", "int8_raw8x4", "int8_raw1x16", "int8_cmd"), "Bi")):
+        bound = m.get(bound_label)
+        for label in labels:
+            row = m.get(label)
+            cpu = row.params.get("cpu_ms_per_image") if row else None
+            if not cpu or bound is None or "preprocess_ms" not in bound.params:
+                continue
+            pre = sum(v for k, v in cpu.items() if k.startswith("preprocess"))
+            cls = sum(v for k, v in cpu.items() if k.endswith("_classifier stubs"))
+            client = sum(v for k, v in cpu.items() if k in ("client (this process)", "scorer command"))
+            rest = sum(cpu.values()) - pre - cls - client
+            idle = 100.0 - row.cpu_ours if row.cpu_ours is not None else float("nan")
+            lines.append(
+                f"- {row.key} {row.what} ({row.note}): preprocess stubs {pre:.2f} ms/image "
+                f"(in process {bound.params['preprocess_ms']:.2f}), classifier stubs {cls:.2f} "
+                f"(in process, 1 thread {bound.params['classifier_ms']:.2f}), rest of the server {rest:.2f}, "
+                f"client {client:.2f}; cores idle {idle:.0f}%")
+    return lines

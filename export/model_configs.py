@@ -125,8 +125,8 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, *, num_classes: 
     s = serving.with_options(**options)
     if s.backend not in BACKENDS:
         raise ValueError(f"backend {s.backend!r} is not one of {BACKENDS}")
-    if s.backend == "openvino" and (s.accelerator or s.warmup):
-        raise ValueError("accelerator and warmup are options of the onnxruntime backend")
+    if s.backend == "openvino" and s.accelerator:
+        raise ValueError("accelerator is an option of the onnxruntime backend")
     measured = name == DEFAULT_MODEL and s == CLASSIFIER
     head = [f"# Classifier `{name}`: ONNX, uint8 NHWC in (normalisation inside the graph), softmax out.",
             "# Written by export/model_repository.py; edit the writer, not this file.",
@@ -370,7 +370,7 @@ def _cache(s: Serving) -> list[str]:
 
 def _warmup(batch_size: int) -> str:
     dims = ", ".join(str(d) for d in (INPUT_SIZE, INPUT_SIZE, CHANNELS))
-    return ("# Runs once at load time so the first client request does not pay ORT's first-run allocation.\n"
+    return ("# Runs once at load time so the first client request does not pay the runtime's first-run allocation.\n"
             "model_warmup [\n  {\n    name: \"zeros\"\n"
             f"    batch_size: {batch_size}\n"
             f'    inputs {{\n      key: "{CLASSIFIER_INPUT}"\n      value: {{\n'

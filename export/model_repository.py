@@ -38,7 +38,7 @@ from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, EXPORT_RECOR
                       LABELS_FILE, PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL,
                       classifier_model, tta_model)
 from contract import file_sha256 as sha256
-from export.model_configs import (Serving, check_name, classifier_config, ensemble_config,
+from export.model_configs import (BACKENDS, CLASSIFIER, Serving, check_name, classifier_config, ensemble_config,
                                   preprocess_config, tta_flip_config, tta_mean_config)
 
 logger = logging.getLogger(__name__)
@@ -370,10 +370,11 @@ def committed_classifiers(repo_dir=COMMITTED) -> list[str]:
 
 
 def write_committed_configs(repo_dir=COMMITTED, **classifier_options) -> list[Path]:
-    """Rewrite every config (and labels) of the committed repository with the defaults.
+    """Rewrite every config (and labels) of a repository laid out like the committed one.
 
-    `classifier_options` are `Serving` fields for every classifier (the container images pass
-    ``warmup=1``: docker/Dockerfile*).
+    Defaults everywhere, unless `classifier_options` (`Serving` fields) change the classifiers':
+    the container images pass ``warmup=1`` (docker/Dockerfile*), a deployment on a CPU where
+    OpenVINO is faster ``backend="openvino"`` (docs/PERFORMANCE.md).
     """
     dirs = write_shared_models(repo_dir, source=repo_dir)
     for name in committed_classifiers(repo_dir):
@@ -389,6 +390,9 @@ def main(argv=None) -> int:
     configs.add_argument("--repo", type=Path, default=COMMITTED)
     configs.add_argument("--warmup", type=int, default=0, metavar="BATCH",
                          help="a zero-image warm-up request of this batch size per classifier at load")
+    configs.add_argument("--backend", choices=BACKENDS, default=CLASSIFIER.backend,
+                         help="the classifiers' runtime (docs/PERFORMANCE.md); the committed repository "
+                              "keeps the default")
     dev = sub.add_parser("dev", help="write a repository serving a random-weight classifier")
     dev.add_argument("dest", type=Path)
     dev.add_argument("--name", default="dev")
@@ -406,6 +410,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "configs":
         options = {"warmup": args.warmup} if args.warmup else {}
+        if args.backend != CLASSIFIER.backend:
+            options["backend"] = args.backend
         for model_dir in write_committed_configs(args.repo, **options):
             print(f"wrote {model_dir / 'config.pbtxt'}")
         return 0

@@ -232,3 +232,16 @@ def test_report_carries_issue16_targets_and_lines():
     assert "fastest served CPU path within 0.1 pt accuracy (openvino fp32, OV)" in doc  # INT8 paths excluded
     assert "cache hits 40, misses 400" in doc and "the command's own CPU 1.50 ms per image" in doc
     assert "inference precision float32 (CPU bf16 flags: none)" in doc
+
+
+def test_overhead_lines_split_a_served_image_cpu():
+    from benchmarks.serving_targets import overhead_lines
+
+    bound = Row("Bi", "", 1, 0.01, params={"preprocess_ms": 2.0, "classifier_ms": 5.0, "cores": 2})
+    served = Row("6b", "INT8 Triton bulk scorer", 100, 1.0, cpu_ours=90.0, note="grpc, 16 in flight", params={
+        "cpu_ms_per_image": {"client (this process)": 0.9, "tritonserver": 0.5, "preprocess stubs": 2.2,
+                             "effnet_lite0_classifier stubs": 5.4, "other server processes": 0.1}})
+    [line] = overhead_lines({"Bi": bound, "int8": served})
+    assert "preprocess stubs 2.20 ms/image (in process 2.00)" in line
+    assert "classifier stubs 5.40 (in process, 1 thread 5.00)" in line
+    assert "rest of the server 0.60, client 0.90; cores idle 10%" in line

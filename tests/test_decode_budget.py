@@ -117,3 +117,40 @@ def test_good_images_still_classified_with_warnings_as_errors(strict_warnings_se
     answers = asyncio.run(_timed_requests(strict_warnings_server.grpc_url, items))
     for seconds, result in answers:
         assert isinstance(result, np.ndarray), result
+
+
+def test_preprocess_instance_peak_memory_is_baseline_plus_batch_plus_one_decode(strict_warnings_server):
+    """One request of 8 photos of 8 MP as WebP (the worst format per pixel) straight to preprocess:
+    the stub's peak resident set grows by at most twice the batch's bytes and outputs (in shared
+    memory and as NumPy arrays) + one decode."""
+    import re
+
+    from server.launch import _stub_model, _stub_pids
+    from test_preprocess import imaging
+
+    def kb(pid: int, key: str) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(key + r":\s+(\d+)", status).group(1))
+
+    side, count = 2828, 8  # 8 MP each
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (side // 16, side // 16, 3), dtype=np.uint8)
+    webp = encode(Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR), "WEBP", quality=80)
+    stubs = [pid for pid in _stub_pids(strict_warnings_server._process.pid) if _stub_model(pid) == "preprocess"]
+    assert len(stubs) == 2
+    for pid in stubs:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak := current
+    before = {pid: kb(pid, "VmRSS") * 1024 for pid in stubs}
+    client = grpcclient.InferenceServerClient(strict_warnings_server.grpc_url)
+    tensor = grpcclient.InferInput("preprocess_input", [count, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[webp]] * count, dtype=object))
+    started = time.perf_counter()
+    out = client.infer("preprocess", [tensor], client_timeout=300).as_numpy("preprocess_output")
+    took = time.perf_counter() - started
+    assert out.shape == (count, 224, 224, 3)
+    growth = max(kb(pid, "VmHWM") * 1024 - before[pid] for pid in stubs)
+    bound = 2 * (count * len(webp) + count * 224 * 224 * 3) + imaging.PEAK_DECODE_BYTES_PER_PIXEL * side * side
+    print(f"\npreprocess stub: baseline {min(before.values()) / 2**20:.0f} MiB, peak growth "
+          f"{growth / 2**20:.0f} MiB for {count} x {side}x{side} WebP ({len(webp)} B each) in "
+          f"{took:.1f} s; bound {bound / 2**20:.0f} MiB")
+    assert growth <= bound

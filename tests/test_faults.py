@@ -266,3 +266,20 @@ def test_a_failed_restart_is_retried_until_the_server_is_back(tmp_path, caplog):
         client = grpcclient.InferenceServerClient(server.grpc_url)
         assert client.is_server_ready()
         assert server.restarts == 1 and server.gave_up is None
+
+
+def test_launcher_defaults_keep_the_server_local_and_its_models_fixed(dev_server):
+    """SECURITY.md's defaults: loopback only, no model control over the API, bounded shutdown."""
+    import urllib.error
+    import urllib.request
+
+    command = TritonServer(REPO_ROOT / "model_repository").command(Path("/backends"))
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                 "--model-control-mode=none", "--exit-timeout-secs=10"):
+        assert flag in command, flag
+    request = urllib.request.Request(f"http://{dev_server.http_url}/v2/repository/models/dev/unload",
+                                     data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 503 and b"not allowed" in refused.value.read()
+    assert grpcclient.InferenceServerClient(dev_server.grpc_url).is_model_ready("dev")

@@ -212,6 +212,16 @@ def test_openvino_backend_serves_the_probabilities_onnxruntime_serves(runtime_se
         data = path.read_bytes()
         np.testing.assert_allclose(classify(runtime_server, "devov", data), classify(runtime_server, "dev", data),
                                    rtol=1e-4, atol=1e-5)
+    # Several photos in one request: one batch through OpenVINO, split back in order.
+    photos = [path.read_bytes() for path in SAMPLES[4:7]]
+    client = grpcclient.InferenceServerClient(runtime_server.grpc_url)
+    answers = {}
+    for model in ("dev", "devov"):
+        tensor = grpcclient.InferInput("image_bytes", [len(photos), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[data] for data in photos], dtype=object))
+        answers[model] = client.infer(model, [tensor]).as_numpy("probabilities")
+    assert answers["devov"].shape == (3, 12)
+    np.testing.assert_allclose(answers["devov"], answers["dev"], rtol=1e-4, atol=1e-5)
     log = runtime_server.log_tail(100000)
     assert "devov_classifier_0_0: openvino" in log and "inference precision" in log
 
@@ -255,3 +265,21 @@ def test_ort_provider_speed_record_becomes_a_row(tmp_path, monkeypatch):
     monkeypatch.setenv("WASTE_ORT_OPENVINO_PYTHON", str(tmp_path / "missing" / "python"))
     monkeypatch.setattr("benchmarks.runtimes.DEFAULT_ORT_OPENVINO_VENV", tmp_path / "missing")
     assert ort_openvino_pixels(onnx, pixels, 2, "1v", "ORT + OpenVINO EP", 1) is None
+
+
+def test_a_deployment_chooses_the_runtime_by_one_option(tmp_path):
+    """`python -m export.model_repository configs --backend openvino` on a copy of the committed
+    repository: every classifier switches runtime, nothing else changes, the committed one stays."""
+    import shutil
+
+    from export.model_repository import main
+
+    repo = tmp_path / "deploy"
+    shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    assert main(["configs", "--repo", str(repo), "--backend", "openvino"]) == 0
+    for config in repo.glob("*/config.pbtxt"):
+        committed = (MODEL_REPOSITORY / config.parent.name / "config.pbtxt").read_text()
+        if config.parent.name.endswith("_classifier"):
+            assert 'backend: "openvino"' in config.read_text() and 'backend: "onnxruntime"' in committed
+        else:
+            assert config.read_text() == committed

@@ -154,8 +154,9 @@ class LocalEngine:
             pool = self._pool
         pending: Dict[Future, List[str]] = {}
 
-        def drain() -> Iterator[Pair]:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        def drain(block: bool = True) -> Iterator[Pair]:
+            done = wait(list(pending), return_when=FIRST_COMPLETED)[0] if block else \
+                [f for f in pending if f.done()]
             for future in done:
                 chunk = pending.pop(future)
                 try:
@@ -170,6 +171,9 @@ class LocalEngine:
                     yield from drain()
                 future = pool.submit(classify_chunk, self.classifier, chunk, self.top_k, self.max_bytes)
                 pending[future] = chunk
+                # Hand over what is already answered before listing on: with a slow listing,
+                # answered rows would otherwise wait (unwritten) for the next chunk to fill.
+                yield from drain(block=False)
             while pending:
                 yield from drain()
         finally:

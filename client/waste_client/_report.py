@@ -33,22 +33,29 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: s
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def per_image_table(rows: Sequence[Dict[str, Any]]) -> str:
+def per_image_table(rows: Sequence[Dict[str, Any]], root: str = "") -> str:
     """Table of path, label, score (or the error) for each scored image.
 
     Parameters
     ----------
     rows : sequence of dict
         Scorer output rows.
+    root : str, optional
+        A source folder or prefix; paths under it are shown relative to it.
 
     Returns
     -------
     str
     """
+    from ._identity import escape
+
+    prefix = root.rstrip("/") + "/" if root else ""
     body = []
     for r in sorted(rows, key=lambda r: r["path"]):
+        path = r["path"][len(prefix):] if prefix and r["path"].startswith(prefix) else r["path"]
+        path = escape(path)  # a name with a newline must not break the table
         if r["error"]:
-            body.append((r["path"], "ERROR", "", r["error"][:80]))
+            body.append((path, "ERROR", "", r["error"][:80]))
         else:
-            body.append((r["path"], r["label"], f"{float(r['score']):.4f}", ""))
+            body.append((path, r["label"], f"{float(r['score']):.4f}", ""))
     return format_table(("path", "label", "score", "error"), body, "llrl")

@@ -85,7 +85,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
     speed = parser.add_argument_group("engine")
     speed.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local: threads in this process; ray: a Ray cluster (pip install ray[data])")
+                       help="local: threads in this process; ray: a Ray cluster (pip install 'waste-client[ray]')")
     speed.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT,
                        help="requests outstanding at once (per actor with --engine ray)")
     speed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -121,7 +121,7 @@ def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
     try:
         from ._ray import RayEngine
     except ImportError as exc:
-        raise ClassifierError(f"--engine ray needs Ray: pip install 'ray[data]' ({exc})",
+        raise ClassifierError(f"--engine ray needs Ray: pip install 'waste-client[ray]' ({exc})",
                               "INVALID_ARGUMENT") from exc
     s = classifier.settings
     return RayEngine(s.urls, s.protocol, s.model, args.top_k, actors=args.actors, in_flight=args.in_flight,

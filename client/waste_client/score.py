@@ -65,6 +65,8 @@ class ScoreSummary:
         This run's first rows, as many as ``keep_rows`` asked for.
     report : LabelReport or None
         Accuracy against the folder names, when the source is a labelled folder.
+    sources : list of str
+        The output's sources (its header's), this run's among them.
     """
 
     out: str = ""
@@ -82,6 +84,7 @@ class ScoreSummary:
     elapsed: float = 0.0
     rows: List[Dict[str, Any]] = field(default_factory=list)
     report: Optional[LabelReport] = None
+    sources: List[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -290,7 +293,7 @@ def score(
         finally:
             bar.close()
             summary.elapsed = time.perf_counter() - start
-        sources = writer.header["sources"]
+        sources = summary.sources = list(writer.header["sources"])
     if labels_from_folders is not False and files_from is None:
         summary.report = build_label_report(out, sources, force=bool(labels_from_folders))
     return summary
@@ -371,7 +374,8 @@ def render_report(summary: ScoreSummary, per_image: bool) -> str:
     """
     parts = []
     if per_image and summary.rows:
-        parts.append(per_image_table(summary.rows))
+        root = summary.sources[0] if len(summary.sources) == 1 else ""
+        parts.append(per_image_table(summary.rows, root))
     if summary.repaired:
         parts.append(f"repaired the output: dropped {summary.repaired} torn/duplicate row(s)")
     if summary.retried:

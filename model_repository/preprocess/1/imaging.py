@@ -33,8 +33,12 @@ MAX_PIXELS = 40_000_000
 #: 8, 8-bit RGB PNG 4, progressive JPEG 3 (libjpeg keeps every coefficient, draft or not), 16-bit
 #: grey 8 (at most MAX_DEEP_PIXELS), baseline JPEG ~0.1 (draft mode). So one image costs at most
 #: 17 x 40 MP = 680 MB (measured: a 36 MP WebP, 577 MB). A `preprocess` instance decodes its
-#: batch one image at a time: its peak is its baseline + the batch's encoded bytes + 150 KB per
-#: output image + one decode (docs in RELIABILITY.md).
+#: batch one image at a time: its peak is its baseline (41 MB) + twice the batch's encoded bytes
+#: and its 150 KB outputs (shared memory and NumPy copies) + one decode. Measured on a real server
+#: (tests/test_decode_budget.py::test_preprocess_instance_peak_memory_is_baseline_plus_batch_plus_one_decode):
+#: 8 8 MP WebPs of 0.7 MB in one request, peak +136 MiB over a 41 MiB baseline; 8 16 MP WebPs of
+#: 1.4 MB, 41 -> 323 MB. Worst full batch (64 images) behind the compose proxy's 40 MB body limit:
+#: 41 + 2 x (40 + 10) + 680 = about 820 MB (RELIABILITY.md).
 PEAK_DECODE_BYTES_PER_PIXEL = 17
 #: Images with more than 8 bits per sample (16-bit PNG/TIFF, 32-bit TIFF) come from scanners and
 #: editors, never from a phone; 10 MP is above an A4 page at 300 dpi (8.7 MP). It keeps the bytes
