@@ -70,6 +70,22 @@ def cache_counts(metrics_url: str) -> dict:
         return parse_cache_counts(response.read().decode())
 
 
+def settled_counts(metrics_url: str, interval: float = 0.1, timeout: float = 2.0) -> dict:
+    """`cache_counts` once two readings `interval` apart agree: a request's counters are updated as
+    it is released, which may trail its response (and so the scorer's exit) by a moment."""
+    import time
+
+    counts = cache_counts(metrics_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        again = cache_counts(metrics_url)
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
 def cache_delta(before: dict, after: dict, model: str) -> dict:
     """Hits and misses of `model` between two readings, and the hit share of its lookups."""
     b, a = before.get(model, {}), after.get(model, {})
@@ -91,6 +107,6 @@ def duplicate_job(servers, model: str, paths: list[Path], workdir, key: str, wha
     staged = stage_with_duplicates(paths, folder, share, salt=round_salt)
     before = cache_counts(servers[0].metrics_url)
     row, delta = scorer_command(servers, model, folder, key, what, args, images=len(staged))
-    row.params["cache"] = cache_delta(before, cache_counts(servers[0].metrics_url), model)
+    row.params["cache"] = cache_delta(before, settled_counts(servers[0].metrics_url), model)
     row.params["duplicates"] = duplicate_count(len(paths), share)
     return row, delta
