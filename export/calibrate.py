@@ -2,6 +2,8 @@
 
     python -m export.calibrate RUN_DIR --name effnet_lite0 [--repo model_repository] [--version N]
 
+(`python -m export` calibrates as it exports; this is for a version published without it.)
+
 Label smoothing leaves the network under-confident (ECE 0.09 on validation) and its class
 weights do not fully even out the recall of the hardest classes. Both are fixed after training
 with parameters fitted on the validation split only: a temperature T (minimising validation
@@ -97,11 +99,13 @@ def main(argv=None) -> int:
     from export.__main__ import publish
     from export.model_repository import classifier_model_name
     from training.config import TrainConfig
-    from training.dataset import load_split
+    from export.threshold import choose_and_record
+    from training.dataset import load_split, resolve_classes
     from training.evaluate import evaluate, predict, summary_table
 
     cfg = TrainConfig.load(None, json.loads((args.run_dir / "config.json").read_text()))
-    splits = load_split(args.run_dir / "manifest.csv", cfg.data_dir, cfg.limit_per_class)
+    classes = resolve_classes(cfg.classes, args.run_dir / "manifest.csv")
+    splits = load_split(args.run_dir / "manifest.csv", cfg.data_dir, cfg.limit_per_class, classes)
     source_dir = args.repo / classifier_model_name(args.name) / str(args.version)
     source = source_dir / "model.onnx"
     val_probs, _, _ = predict(source, [p for p, _ in splits["val"]])
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
     print(f"fitted on {len(val_labels)} validation images: T = {temperature:.3f}, offsets = {np.round(bias, 2).tolist()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = calibrated_onnx(source, Path(tmp) / "model.onnx", temperature, bias)
-        result = evaluate(out, splits["test"], args.run_dir / args.eval_name, title=f"{args.name} calibrated")
+        result = evaluate(out, splits["test"], args.run_dir / args.eval_name, title=f"{args.name} calibrated",
+                          classes=classes)
         print(summary_table(result))
         base = json.loads((source_dir / "export.json").read_text())
         record = {**base, "calibrated_from_version": args.version,
@@ -118,8 +123,11 @@ def main(argv=None) -> int:
                                   "temperature": temperature, "class_offsets": [float(b) for b in bias]},
                   "test": {v: {k: result[v][k] for k in ("images", "accuracy", "weighted_f1", "macro_f1", "min_recall",
                                                           "ece")} for v in ("plain", "tta")}}
-        target = publish(out, args.repo, args.name, record)
+        target = publish(out, args.repo, args.name, record, classes)
     print(f"published {target}")
+    unsure = choose_and_record(target.parent, splits, out=args.run_dir / args.eval_name)
+    print(f'"not sure" below {unsure["threshold"]:.4f}: test coverage {unsure["test"]["coverage"]:.3f}, '
+          f'selective accuracy {unsure["test"]["selective_accuracy"]:.4f}')
     return 0
 
 

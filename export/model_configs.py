@@ -105,7 +105,7 @@ def check_name(name: str) -> None:
         raise ValueError(f"model name {name!r} must be lower-case letters, digits, '_' or '-'")
 
 
-def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> str:
+def classifier_config(name: str, serving: Serving = CLASSIFIER, *, num_classes: int = NUM_CLASSES, **options) -> str:
     """config.pbtxt text of ``<name>_classifier`` (backend onnxruntime, ``<version>/model.onnx``).
 
     Parameters
@@ -114,6 +114,8 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
         The ensemble name (``effnet_lite0``); the model is ``<name>_classifier``.
     serving : Serving
         Base options; ``options`` override single fields (``instances=1, threads=2``).
+    num_classes : int
+        Length of the probability output (a model retrained on its own classes has its own).
 
     Returns
     -------
@@ -134,7 +136,7 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
             'default_model_filename: "model.onnx"' if s.backend == "openvino" else "",
             f"max_batch_size: {s.max_batch_size}",
             _tensors("input", [(CLASSIFIER_INPUT, "TYPE_UINT8", [INPUT_SIZE, INPUT_SIZE, CHANNELS], None)]),
-            _tensors("output", [(CLASSIFIER_OUTPUT, "TYPE_FP32", [NUM_CLASSES], LABELS_FILE)])]
+            _tensors("output", [(CLASSIFIER_OUTPUT, "TYPE_FP32", [num_classes], LABELS_FILE)])]
     why_batching = [
         "# No batcher delay: at one request in flight a delay is pure waiting (BENCHMARKS.md rows",
         "# V1, V0 against 3s); under load batches still form from requests queued while both",
@@ -158,7 +160,7 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, **options) -> st
 
 
 def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    response_cache: bool = True) -> str:
+                    response_cache: bool = True, num_classes: int = NUM_CLASSES) -> str:
     """config.pbtxt text of the ensemble ``<name>`` (tta=False) or ``<name>_tta`` (tta=True).
 
     Parameters
@@ -173,6 +175,8 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
         Cache whole ensemble responses (identical image bytes are answered without running a step;
         Triton 2.51 does so when every step supports caching: tests/test_runtimes.py). Inert unless
         the server runs with ``--cache-config``, so on by default.
+    num_classes : int
+        Length of the probability output.
 
     Returns
     -------
@@ -206,7 +210,7 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
         "# exceed any step's max_batch_size.\n"
         f"max_batch_size: {max_batch_size}",
         _tensors("input", [(ENSEMBLE_INPUT, "TYPE_STRING", [1], None)]),
-        _tensors("output", [(ENSEMBLE_OUTPUT, "TYPE_FP32", [NUM_CLASSES], LABELS_FILE)],
+        _tensors("output", [(ENSEMBLE_OUTPUT, "TYPE_FP32", [num_classes], LABELS_FILE)],
                  "# Lets clients ask the ensemble itself for classification (score:index:label)."),
         f"ensemble_scheduling {{\n  step [\n{step_text}\n  ]\n}}",
     ]
@@ -266,8 +270,8 @@ def tta_flip_config(serving: Serving = TTA_HELPER, **options) -> str:
     ])
 
 
-def tta_mean_config(serving: Serving = TTA_HELPER, **options) -> str:
-    """config.pbtxt text of the shared ``tta_mean`` model (mean of the views' probabilities)."""
+def tta_mean_config(serving: Serving = TTA_HELPER, *, num_classes: int = NUM_CLASSES, **options) -> str:
+    """config.pbtxt text of the shared ``tta_mean`` model (mean of the views' probabilities, `num_classes` long)."""
     s = _python_model(serving.with_options(**options), TTA_MEAN_MODEL)
     return _join([
         "# Mean of the classifier's probabilities over the TTA views (original, flipped).\n"
@@ -275,9 +279,9 @@ def tta_mean_config(serving: Serving = TTA_HELPER, **options) -> str:
         f'name: "{TTA_MEAN_MODEL}"',
         'backend: "python"',
         f"max_batch_size: {s.max_batch_size}",
-        _tensors("input", [(n, "TYPE_FP32", [NUM_CLASSES], None) for n in TTA_MEAN_INPUTS]),
-        _tensors("output", [(TTA_MEAN_OUTPUT, "TYPE_FP32", [NUM_CLASSES], LABELS_FILE)]),
-        _batching(s, [f"# {NUM_CLASSES} floats per image: batching only amortises the stub round trip, so no waiting."]),
+        _tensors("input", [(n, "TYPE_FP32", [num_classes], None) for n in TTA_MEAN_INPUTS]),
+        _tensors("output", [(TTA_MEAN_OUTPUT, "TYPE_FP32", [num_classes], LABELS_FILE)]),
+        _batching(s, [f"# {num_classes} floats per image: batching only amortises the stub round trip, so no waiting."]),
         _instances(s, []),
         *_cache(s),
     ])

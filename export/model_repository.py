@@ -70,35 +70,39 @@ def write_labels(model_dir, classes=CLASSES) -> Path:
     return path
 
 
-def _write_config(model_dir: Path, text: str, labels: bool) -> Path:
+def _write_config(model_dir: Path, text: str, labels: bool, classes=CLASSES) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text)
     if labels:
-        write_labels(model_dir)
+        write_labels(model_dir, classes)
     return model_dir
 
 
-def write_classifier_config(repo_dir, name: str, **options) -> Path:
+def write_classifier_config(repo_dir, name: str, *, classes=CLASSES, **options) -> Path:
     """Write `<name>_classifier/config.pbtxt` and `labels.txt`; return the model directory.
 
-    `options` are `Serving` fields (instances, threads, batching, queue, accelerator, cache, warmup).
+    `classes` are the model's outputs in order (a run's own classes); `options` are `Serving`
+    fields (instances, threads, batching, queue, accelerator, cache, warmup).
     """
-    return _write_config(Path(repo_dir) / classifier_model(name), classifier_config(name, **options), True)
+    return _write_config(Path(repo_dir) / classifier_model(name),
+                         classifier_config(name, num_classes=len(classes), **options), True, classes)
 
 
-def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True) -> list[Path]:
-    """Write the ensembles `<name>` and `<name>_tta` (config, labels, empty `1/`); return their dirs."""
+def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True, classes=CLASSES) -> list[Path]:
+    """Write the ensembles `<name>` and `<name>_tta` (config, labels of `classes`, empty `1/`); return their dirs."""
     dirs = []
     for tta in (False, True):
         model_dir = Path(repo_dir) / (tta_model(name) if tta else name)
         # Triton needs a version directory even for an ensemble; `.gitkeep` lets git carry it.
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         (model_dir / "1" / ".gitkeep").touch()
-        dirs.append(_write_config(model_dir, ensemble_config(name, tta=tta, response_cache=response_cache), True))
+        dirs.append(_write_config(model_dir, ensemble_config(name, tta=tta, response_cache=response_cache,
+                                                             num_classes=len(classes)), True, classes))
     return dirs
 
 
-def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None, **classifier_options) -> list[Path]:
+def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None, classes=CLASSES,
+                        **classifier_options) -> list[Path]:
     """Classifier config + both ensembles for `name`: everything except the ONNX file.
 
     Parameters
@@ -109,6 +113,8 @@ def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None,
         The classifier's ensemble name.
     ensemble : mapping, optional
         Options of the ensembles (``response_cache``).
+    classes : sequence of str
+        The model's outputs in order, written to every `labels.txt` (default: the contract's 12 bins).
     **classifier_options
         `Serving` fields for the classifier.
 
@@ -117,12 +123,13 @@ def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None,
     list of Path
         The classifier's and the two ensembles' directories.
     """
-    return [write_classifier_config(repo_dir, name, **classifier_options),
-            *write_ensemble_configs(repo_dir, name, **dict(ensemble or {}))]
+    return [write_classifier_config(repo_dir, name, classes=classes, **classifier_options),
+            *write_ensemble_configs(repo_dir, name, classes=classes, **dict(ensemble or {}))]
 
 
 def write_shared_models(repo_dir, *, source=COMMITTED, preprocess: Mapping | None = None,
-                        tta_flip: Mapping | None = None, tta_mean: Mapping | None = None) -> list[Path]:
+                        tta_flip: Mapping | None = None, tta_mean: Mapping | None = None,
+                        classes=CLASSES) -> list[Path]:
     """The shared models in `repo_dir`: code copied from `source` (unless the same), configs written.
 
     Parameters
@@ -133,6 +140,8 @@ def write_shared_models(repo_dir, *, source=COMMITTED, preprocess: Mapping | Non
         Repository holding `preprocess/1/*.py`, `tta_flip/1/model.py`, `tta_mean/1/model.py`.
     preprocess, tta_flip, tta_mean : mapping, optional
         `Serving` fields of each.
+    classes : sequence of str
+        The classes of the repository's classifiers: `tta_mean` averages vectors of this length.
 
     Returns
     -------
@@ -142,14 +151,14 @@ def write_shared_models(repo_dir, *, source=COMMITTED, preprocess: Mapping | Non
     repo_dir, source = Path(repo_dir), Path(source)
     writers = {PREPROCESS_MODEL: (preprocess_config, preprocess, False),
                TTA_FLIP_MODEL: (tta_flip_config, tta_flip, False),
-               TTA_MEAN_MODEL: (tta_mean_config, tta_mean, True)}
+               TTA_MEAN_MODEL: (tta_mean_config, {"num_classes": len(classes), **dict(tta_mean or {})}, True)}
     dirs = []
     for name in SHARED_MODELS:
         write, options, labels = writers[name]
         if repo_dir.resolve() != source.resolve():
             shutil.copytree(source / name / "1", repo_dir / name / "1", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__"))
-        dirs.append(_write_config(repo_dir / name, write(**dict(options or {})), labels))
+        dirs.append(_write_config(repo_dir / name, write(**dict(options or {})), labels, classes))
     return dirs
 
 

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
                 f"manifest={tmp / 'manifest.csv'}", "limit_per_class=0", f"run_dir={run}",
                 f"cache_dir={tmp / 'cache'}", "head_epochs=3"])
     repo = write_repository(tmp / "repo")  # the shared models; the export adds the classifier
-    assert export_main([str(run), "--name", "tiny", "--repo", str(repo)]) == 0
+    assert export_main([str(run), "--name", "tiny", "--repo", str(repo), "--nonwaste", "12"]) == 0
     return tmp, run, repo
 
 
@@ -58,7 +58,7 @@ def test_export_never_overwrites_a_version(tiny_run):
 
     _, run, repo = tiny_run
     before = (repo / "tiny_classifier" / "1" / "model.onnx").read_bytes()
-    assert export_main([str(run), "--name", "tiny", "--repo", str(repo)]) == 0
+    assert export_main([str(run), "--name", "tiny", "--repo", str(repo), "--nonwaste", "0"]) == 0
     assert (repo / "tiny_classifier" / "2" / "model.onnx").is_file()
     assert (repo / "tiny_classifier" / "1" / "model.onnx").read_bytes() == before
 
@@ -73,7 +73,8 @@ def test_evaluation_uses_the_servers_preprocessing_and_matches_the_server(tiny_r
     assert IMAGING_PATH == ROOT / "model_repository" / "preprocess" / "1" / "imaging.py"
     assert Path(imaging.__file__).resolve() == IMAGING_PATH
     images = sorted(SAMPLES.glob("*/*.jpg"))[::9]
-    plain, flipped, errors = predict(run / "model.onnx", [str(p) for p in images])
+    # The published file: the run's ONNX with the validation-fitted calibration appended.
+    plain, flipped, errors = predict(repo / "tiny_classifier" / "1" / "model.onnx", [str(p) for p in images])
     assert not errors
     with TritonServer(repo) as server, Classifier(server.grpc_url, model="tiny") as clf:
         for path, expected, mirror in zip(images, plain, flipped):

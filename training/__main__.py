@@ -1,4 +1,4 @@
-"""`python -m training {audit,split,train,evaluate} ...`: one entry point, one module per command."""
+"""`python -m training {audit,split,train,finetune,evaluate,ablation} ...`: one entry point, one module per command."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,9 @@ COMMANDS = {
     "audit": "training.data_audit",
     "split": "training.data_split",
     "train": "training.train",
+    "finetune": "training.finetune",
     "evaluate": "training.evaluate",
+    "ablation": "training.ablation",
 }
 
 

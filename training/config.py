@@ -41,6 +41,24 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: bool = True
     patience: int = 4
+    # full fine-tuning (`python -m training finetune`): every layer trains on augmented pixels
+    classes: str = ""  # comma-separated class names in output order; "" = the manifest's labels, sorted
+    sizes: str = "224:12"  # progressive resizing as size:epochs,...; the epochs add up to the run's length
+    lr: float = 1e-3  # peak learning rate after the warmup (AdamW), cosine decay to lr * lr_floor
+    lr_floor: float = 0.01
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.02
+    augment_strength: float = 1.0  # photometric changes (colour, light, blur, noise); 0 = off
+    restage_prob: float = 0.5  # share of training views re-staged on a background in a 16:9/9:16/... frame
+    mix_prob: float = 0.3  # share of batches mixed, half by mixup, half by cutmix
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    outlier_prob: float = 0.05  # share of training views replaced by generated non-waste pictures, uniform target
+    class_weight_power: float = 0.5  # sample weight = (inverse class frequency) ** power, mean 1; 0 = none
+    bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
+    workers: int = 2  # threads preparing augmented batches while the model trains
+    checkpoint_steps: int = 50  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
+    eager: bool = False  # run the training step eagerly: faster than tracing the graph for a few tiny steps (tests)
     # output
     run_dir: str = f"runs/{DEFAULT_MODEL}"
     cache_dir: str = "cache/activations"  # cached bottom activations, reused by re-runs with the same inputs

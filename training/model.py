@@ -15,18 +15,24 @@ from contract import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT
 from training.labels import CLASSES
 
 
-def build_head(features: keras.KerasTensor, units: int, dropout: float) -> keras.KerasTensor:
+def build_head(features: keras.KerasTensor, units: int, dropout: float, num_classes: int = len(CLASSES)
+               ) -> keras.KerasTensor:
     x = layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = layers.Dense(units, activation="relu", name="head_dense")(x)
     x = layers.BatchNormalization(name="head_bn")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    return layers.Dense(len(CLASSES), activation="softmax", name="head_softmax")(x)
+    return layers.Dense(num_classes, activation="softmax", name="head_softmax")(x)
 
 
-def build_model(backbone: str, image_size: int, weights: str, units: int = 256, dropout: float = 0.3) -> keras.Model:
-    """Backbone with ImageNet weights plus a fresh head; float RGB input in [0, 255]."""
-    base = build_backbone(backbone, image_size, weights)
-    return keras.Model(base.input, build_head(base.output, units, dropout), name=f"{backbone}_waste")
+def build_model(backbone: str, image_size: int, weights: str, units: int = 256, dropout: float = 0.3,
+                num_classes: int = len(CLASSES), dynamic: bool = False) -> keras.Model:
+    """Backbone with ImageNet weights plus a fresh head; float RGB input in [0, 255].
+
+    `dynamic=True` accepts any input size (progressive resizing); the weights are the same
+    variables in the same order as the fixed-size model's, so one can be copied into the other.
+    """
+    base = build_backbone(backbone, image_size, weights, dynamic=dynamic)
+    return keras.Model(base.input, build_head(base.output, units, dropout, num_classes), name=f"{backbone}_waste")
 
 
 def split_model(model: keras.Model, cut_layer: str) -> tuple[keras.Model, keras.Model]:

@@ -62,7 +62,8 @@ def block_names(variant: int) -> list[str]:
     return [f"blocks_{i}" for i in range(n)]
 
 
-def build_efficientnet_lite(variant: int = 0, image_size: int | None = None, drop_connect: float = 0.2) -> keras.Model:
+def build_efficientnet_lite(variant: int = 0, image_size: int | None = None, drop_connect: float = 0.2,
+                            dynamic: bool = False) -> keras.Model:
     """Build EfficientNet-Lite`variant` from float pixels in [0, 255] to the 1280-channel head activation.
 
     Parameters
@@ -73,6 +74,8 @@ def build_efficientnet_lite(variant: int = 0, image_size: int | None = None, dro
         Input height and width; defaults to the variant's native resolution.
     drop_connect : float
         Stochastic-depth rate of the last block (scaled linearly from 0 at the first).
+    dynamic : bool
+        Accept any height and width (progressive resizing trains one model at several sizes).
 
     Returns
     -------
@@ -81,7 +84,7 @@ def build_efficientnet_lite(variant: int = 0, image_size: int | None = None, dro
     """
     width, depth, native, _ = LITE_PARAMS[variant]
     size = image_size or native
-    inputs = keras.Input((size, size, 3), name="pixels")
+    inputs = keras.Input((None, None, 3) if dynamic else (size, size, 3), name="pixels")
     x = layers.Rescaling(1.0 / STD, offset=-MEAN / STD, name="normalize")(inputs)
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="conv_stem")(x)
     x = layers.ReLU(6.0, name="stem_relu6")(_bn("bn0")(x))

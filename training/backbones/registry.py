@@ -33,12 +33,12 @@ class BackboneSpec:
 
 
 def _lite(variant: int):
-    def build(image_size: int, weights: str | None) -> keras.Model:
+    def build(image_size: int, weights: str | None, dynamic: bool = False) -> keras.Model:
         from training.backbones.efficientnet_lite import (
             build_efficientnet_lite, lite_weights_path, load_lite_weights)
         from training.torch_state_dict import load_state_dict
 
-        model = build_efficientnet_lite(variant, image_size)
+        model = build_efficientnet_lite(variant, image_size, dynamic=dynamic)
         if weights == "random":
             return model
         path = Path(weights) if weights and weights != "imagenet" else lite_weights_path(variant)
@@ -49,9 +49,9 @@ def _lite(variant: int):
 
 
 def _keras_app(app_name: str):
-    def build(image_size: int, weights: str | None) -> keras.Model:
+    def build(image_size: int, weights: str | None, dynamic: bool = False) -> keras.Model:
         app = getattr(keras.applications, app_name)
-        inputs = keras.Input((image_size, image_size, 3), name="pixels")
+        inputs = keras.Input((None, None, 3) if dynamic else (image_size, image_size, 3), name="pixels")
         x = CaffePreprocess(name="normalize")(inputs)
         if weights == "random":
             base = app(include_top=False, weights=None, input_tensor=x)
@@ -84,7 +84,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def build_backbone(name: str, image_size: int | None = None, weights: str | None = "imagenet") -> keras.Model:
+def build_backbone(name: str, image_size: int | None = None, weights: str | None = "imagenet",
+                   dynamic: bool = False) -> keras.Model:
     """Build a backbone from float RGB pixels in [0, 255] to its last feature map.
 
     Parameters
@@ -95,6 +96,8 @@ def build_backbone(name: str, image_size: int | None = None, weights: str | None
         Input size; the backbone's native size if omitted.
     weights : str
         "imagenet" (default), a path to a weights file, or "random" (only when asked for by name).
+    dynamic : bool
+        Accept any input height and width, for progressive resizing.
 
     Raises
     ------
@@ -104,4 +107,4 @@ def build_backbone(name: str, image_size: int | None = None, weights: str | None
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[name]
-    return spec.build(image_size or spec.image_size, weights)
+    return spec.build(image_size or spec.image_size, weights, dynamic)
