@@ -40,8 +40,10 @@ def _part(proc: psutil.Process, root: psutil.Process) -> str:
     # Workers' command lines name the raylet's socket: test the worker titles first.
     if "MapWorker" in text:
         return "actors"
-    if text.startswith("ray::") or "default_worker" in text:
-        return "other ray workers"
+    if text.startswith("ray::"):
+        return text.split()[0]  # Ray's own helper actors (ray::_StatsActor...), ray::IDLE workers
+    if "default_worker" in text:
+        return "ray workers (starting)"
     if name in ("raylet", "gcs_server"):
         return f"ray {name}"
     return "other ray processes"
