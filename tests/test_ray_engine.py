@@ -183,17 +183,25 @@ def test_cli_actor_killed_mid_job_is_replaced_and_the_output_stays_exact(cluster
 
 
 def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
+    """In this process, in windows of 100 (three pipelines): the dead server's share moves on."""
     _, many = photos
     gone = servers[1]  # not restarted: this test comes last in the module
-    got = {}
+    got, pulled = {}, []
+
+    def listing():
+        for identity in many:
+            pulled.append(identity)
+            yield identity
+
     try:
-        with _engine(servers) as engine:
-            for identity, outcome in engine.results(many):
+        with _engine(servers, window=100) as engine:
+            for identity, outcome in engine.results(listing()):
+                assert len(pulled) <= 100 * (1 + len(got) // 100), "identities are pulled a window at a time"
                 got[identity] = outcome
                 if len(got) == 8:
                     os.killpg(gone._process.pid, signal.SIGKILL)
         assert not gone.is_running()
-        assert set(got) == set(many)
+        assert set(got) == set(many) and len(got) > 200
         errors = [o for o in got.values() if not isinstance(o, Prediction)]
         assert not errors, errors[:3]
     finally:

@@ -48,9 +48,13 @@ logger = logging.getLogger(__name__)
 #: ``in_flight`` (requests outstanding per actor) and ``batch_size`` (photos per request)
 #: mean what they mean for the local engine and share its defaults.
 DEFAULT_ACTORS = 2
-#: Identities per Ray Data pipeline: bounds the driver's memory on ten million
-#: sources; each window starts its actors again (seconds: see docs/SCALING.md).
-DEFAULT_WINDOW = 50_000
+#: Most identities per Ray Data pipeline: bounds the driver's memory on ten million
+#: sources (a few tens of MB per window); each window starts its actors again
+#: (seconds), so windows are large: 10^7 sources take 53 of them.
+DEFAULT_WINDOW = 200_000
+#: The first window: its results come back soon after listing starts, even from a
+#: slowly listed object store; each next window is ten times larger up to ``window``.
+FIRST_WINDOW = 1_000
 #: CPUs Ray reserves per actor: an actor mostly waits on the network; the
 #: image work is done by the Triton servers.
 DEFAULT_ACTOR_CPUS = 0.25
@@ -173,7 +177,8 @@ class RayEngine:
         Connection settings (TLS, auth, retries...); None reads the ``WASTE_*`` environment
         of this process. Resolved here and shipped to the actors as they are.
     window : int
-        Identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`).
+        Most identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`; the first
+        pipelines are smaller, :data:`FIRST_WINDOW`).
     actor_cpus : float
         CPUs Ray reserves per actor.
     verbose : bool
@@ -268,11 +273,13 @@ class RayEngine:
             times in a row without returning any result.
         """
         source = iter(identities)
+        size = min(FIRST_WINDOW, self.window)
         while True:
-            window = list(islice(source, self.window))
+            window = list(islice(source, size))
             if not window:
                 return
             yield from self._run_window(window)
+            size = min(size * 10, self.window)
 
     def _run_window(self, window: List[str]) -> Iterator[Pair]:
         missing = set(window)
