@@ -29,10 +29,25 @@ def duplicate_count(originals: int, share: float) -> int:
 
 def stage_with_duplicates(paths: list[Path], dest, share: float = 0.1, seed: int = 0,
                           salt: bytes = b"") -> list[Path]:
-    """Copy `paths` into `dest` plus duplicates (same bytes, other names); return the staged files.
+    """Copy `paths` into `dest` plus duplicates (same bytes, other names).
 
-    Each duplicate is `dest/dup/<n>_<name>` of a photo drawn with `random.Random(seed)`; the job is
-    shuffled with the same seed so duplicates are spread through it as in a real folder.
+    Parameters
+    ----------
+    paths : list of Path
+        The distinct photos.
+    dest : path
+        The job's folder (``orig/`` and ``dup/`` inside).
+    share : float
+        Fraction of the job that repeats another file (``duplicate_count``).
+    seed : int
+        Which photos are repeated, and the job's order.
+    salt : bytes
+        Appended to every file (see the module docstring).
+
+    Returns
+    -------
+    list of Path
+        The staged files, shuffled so the duplicates are spread through the job as in a real folder.
     """
     dest = Path(dest)
     rng = random.Random(seed)
@@ -97,9 +112,32 @@ def cache_delta(before: dict, after: dict, model: str) -> dict:
 
 def duplicate_job(servers, model: str, paths: list[Path], workdir, key: str, what: str, *,
                   share: float = 0.1, args=(), round_salt: bytes = b"") -> tuple:
-    """The scorer command on a job with `share` duplicates; the row's params carry the cache counts.
+    """The scorer command on a job with `share` duplicates.
 
-    `round_salt` must differ between rounds on one server (see the module docstring).
+    Parameters
+    ----------
+    servers : list of TritonServer
+        The first one's cache counters are read.
+    model : str
+        The ensemble.
+    paths : list of Path
+        The distinct photos.
+    workdir : path
+        Where the job's folder is staged.
+    key, what : str
+        The row's key and description.
+    share : float
+        Fraction of duplicates.
+    args : sequence of str
+        Scorer options (``--batch-size 1`` for one photo per request).
+    round_salt : bytes
+        Must differ between rounds on one server (see the module docstring).
+
+    Returns
+    -------
+    (Row, list of dict)
+        `scorer_command`'s row with params "cache" (hits, misses, hit share) and "duplicates",
+        and the per-model counter deltas.
     """
     from benchmarks.raw_loop import scorer_command
 

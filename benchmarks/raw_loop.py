@@ -81,6 +81,16 @@ def raw_asyncio_loop(servers, model: str, encoded: list[bytes], per_request: int
         Photos per request; requests outstanding.
     key, what : str
         The row's key and description.
+
+    Returns
+    -------
+    (Row, list of dict)
+        The row (latency per request, CPU by process) and the server's per-model counter deltas.
+
+    Raises
+    ------
+    RuntimeError
+        When fewer photos were answered than sent.
     """
     batches = request_batches(encoded, per_request)
     warm: list = []
@@ -104,9 +114,31 @@ def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
                    images: int | None = None) -> tuple[Row, list[dict]]:
     """`python -m waste_client score FOLDER` against `servers`, timed as a whole process.
 
-    `args` are more scorer options (`--batch-size 1`, `--in-flight 8`); none: its defaults. The row's
-    `cpu_ms_per_image` holds the command's own CPU ("scorer command") beside the server's parts.
-    `images` is the number of files in `folder` (counted when None).
+    Parameters
+    ----------
+    servers : list of TritonServer
+        Sent to (comma-separated ``--url``) and CPU-metered.
+    model : str
+        The ensemble (``--model``).
+    folder : path
+        The photos, scored once.
+    key, what : str
+        The row's key and description.
+    args : sequence of str
+        More scorer options (``--batch-size 1``, ``--in-flight 8``); none: its defaults.
+    images : int, optional
+        Files in `folder` (counted when None).
+
+    Returns
+    -------
+    (Row, list of dict)
+        The row, whose ``cpu_ms_per_image`` holds the command's own CPU ("scorer command") beside
+        the server's parts, and the server's per-model counter deltas.
+
+    Raises
+    ------
+    RuntimeError
+        When the command exits non-zero (its stderr's tail in the message).
     """
     folder = Path(folder)
     if images is None:
@@ -150,7 +182,20 @@ def cpu_seconds_per_image(row: Row) -> float:
 def cpu_bound(preprocess: Row, classifier: Row, key: str, what: str, cores: int | None = None) -> Row:
     """The per-image CPU bound: `cores` / (preprocess + single-thread classifier CPU per image).
 
-    A row with no run of its own (like the FLOP limit): images 1, seconds 1 / bound.
+    Parameters
+    ----------
+    preprocess, classifier : Row
+        In-process rows: the preprocess code alone (2p) and the classifier at one thread.
+    key, what : str
+        The row's key and description.
+    cores : int, optional
+        Default: this machine's logical cores.
+
+    Returns
+    -------
+    Row
+        A row with no run of its own (like the FLOP limit): images 1, seconds 1 / bound; its
+        params hold the two per-image CPU times in ms.
     """
     cores = cores or os.cpu_count() or 1
     pre, cls = cpu_seconds_per_image(preprocess), cpu_seconds_per_image(classifier)

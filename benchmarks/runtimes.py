@@ -196,7 +196,26 @@ def agreement(onnx_path, images: list[bytes], labels: list[int] | None = None, *
               bf16: bool = True, batch: int = 16) -> dict:
     """ONNX Runtime (reference) against OpenVINO on the same photos, through the server's preprocess.
 
-    Returns `compare_outputs`'s record plus the OpenVINO precision used and the CPU's bf16 flags.
+    Parameters
+    ----------
+    onnx_path : path
+        The classifier.
+    images : list of bytes
+        Encoded photos.
+    labels : list of int, optional
+        Their class indices (adds each runtime's accuracy).
+    threads : int
+        Threads of each runtime.
+    bf16 : bool
+        Hint bfloat16 to OpenVINO (used only where the CPU has it).
+    batch : int
+        Photos per call.
+
+    Returns
+    -------
+    dict
+        `compare_outputs`'s record plus the model, the OpenVINO precision used, the CPU's bf16
+        flags and the hint.
     """
     from benchmarks.rows import ort_session
     from training.preprocessing import imaging

@@ -229,15 +229,28 @@ class TritonServer:
     def _supervise(self) -> None:
         """The supervisor thread: start, watch, restart with backoff, give up after N failures.
 
-        Every exception is logged and counted as a failed attempt; nothing ends this thread but
-        stop() or giving up. It also stops the server itself, because tritonserver's parent-death
-        signal is tied to this thread.
+        Every exception is logged and handled: one while checking the server is retried after a
+        backoff without touching a server that may be fine (N in a row: give up); one while
+        starting it is a failed attempt. Nothing else ends this thread but stop(). It also stops
+        the server itself, because tritonserver's parent-death signal is tied to this thread.
         """
-        failures, first = 0, True
+        failures, check_errors, first = 0, 0, True
         try:
             while not self._stopping.is_set():
                 try:
                     reason = None if first else self._fault()
+                    check_errors = 0
+                except Exception as exc:  # noqa: BLE001 - a watcher that dies silently is the bug
+                    check_errors += 1
+                    logger.exception("checking tritonserver failed (%d of %d in a row)",
+                                     check_errors, self.restart_attempts)
+                    if check_errors >= self.restart_attempts:
+                        self.gave_up = f"gave up after {check_errors} failed checks in a row: {exc}"
+                        logger.critical("%s", self.gave_up)
+                        return
+                    self._stopping.wait(self._backoff(check_errors))
+                    continue
+                try:
                     if reason is None and not first:
                         self._stopping.wait(0.5)
                         continue

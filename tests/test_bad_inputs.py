@@ -22,6 +22,7 @@ import tritonclient.http.aio as http_aio
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from test_preprocess import png_deep_gray, progressive_jpeg
 from waste_client._results import read_results
 from waste_client.cli import main as client_main
 
@@ -127,6 +128,12 @@ def build_cases() -> dict[str, tuple[bytes, str | None]]:
         "EXIF orientation 6": (exif_orientation_6(), OK),
         "30 MB PNG": (big, OK),
         "33 MiB file": (big + b"\x00" * (MAX_BYTES + 1024 - len(big)), "over the limit of 33554432 bytes"),
+        # Issue 13: cheap to send, seconds to decode before the decode budget (test_decode_budget.py
+        # has them all, with timings); here they go through both protocols and the scorer.
+        "progressive JPEG, last scan repeated 2000 times": (progressive_jpeg(1024, 1024, 2000),
+                                                            "JPEG has 2010 scans, over the limit of 32"),
+        "16-bit PNG declaring 40 MP": (png_deep_gray(8000, 5000), "16-bit image is 8000x5000"),
+        "ICO": (encode(Image.new("RGB", (32, 32), (200, 30, 30)), "ICO"), "image format ICO is not accepted"),
     }
 
 

@@ -584,3 +584,39 @@ def _children(pid: int, needle: bytes) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def test_the_clients_grpc_channel_spreads_requests_over_every_address_of_a_name(dev_server, tmp_path):
+    """What the headless Service relies on: one gRPC target that resolves to two servers (here the
+    `ipv4:` scheme, as DNS would answer for two pods) gets requests on both, with the client's
+    own channel arguments (round_robin)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from export.model_repository import write_repository
+    from server.launch import TritonServer
+    from waste_client._grpc import Transport
+    from waste_client._settings import ClientSettings
+
+    port = dev_server.grpc_port
+    repo = write_repository(tmp_path / "repo", dev=["dev"])
+    with TritonServer(repo, host="127.0.0.2", grpc_port=port) as second:
+        servers = [grpcclient.InferenceServerClient(dev_server.grpc_url),
+                   grpcclient.InferenceServerClient(second.grpc_url)]
+
+        def successes() -> list[int]:
+            return [int(c.get_inference_statistics("dev", as_json=True)["model_stats"][0]
+                        ["inference_stats"]["success"].get("count", 0)) for c in servers]
+
+        before = successes()
+        channel_args = Transport(ClientSettings())._client_args()["channel_args"]
+        client = grpcclient.InferenceServerClient(f"ipv4:127.0.0.1:{port},127.0.0.2:{port}",
+                                                  channel_args=channel_args)
+        image = sorted((ROOT / "samples" / "garbage12").rglob("*.jpg"))[0].read_bytes()
+        for _ in range(20):
+            tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+            client.infer("dev", [tensor], client_timeout=60)
+        served = [after - b for after, b in zip(successes(), before)]
+        assert sum(served) == 20 and min(served) >= 5, served  # round_robin: 10 and 10
+        client.close()

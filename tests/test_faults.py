@@ -283,3 +283,36 @@ def test_launcher_defaults_keep_the_server_local_and_its_models_fixed(dev_server
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 503 and b"not allowed" in refused.value.read()
     assert grpcclient.InferenceServerClient(dev_server.grpc_url).is_model_ready("dev")
+
+
+def test_an_error_in_the_supervisor_is_logged_and_supervision_goes_on(tmp_path, caplog):
+    """A failing check is logged with its traceback and retried; the healthy server is left alone."""
+    caplog.set_level("INFO", logger="server.launch")
+    repo = _preprocess_only(tmp_path / "repo")
+    with TritonServer(repo, supervise=True, restart_backoff=0.2) as server:
+        pid = server._process.pid
+        real, calls = server._fault, []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) <= 2:
+                raise RuntimeError("simulated failure while checking")
+            return real()
+
+        server._fault = flaky
+        deadline = time.monotonic() + 30
+        while len(calls) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "checking tritonserver failed (1 of 5 in a row)" in caplog.text
+        assert "checking tritonserver failed (2 of 5 in a row)" in caplog.text
+        assert "RuntimeError: simulated failure while checking" in caplog.text  # the traceback
+        assert server._watcher.is_alive() and server.gave_up is None
+        assert server._process.pid == pid and server.restarts == 0  # not restarted for it
+        # and it still supervises: a dead server is restarted
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not (server.is_running() and server._process.pid != pid):
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.2)
+        assert server.restarts == 1

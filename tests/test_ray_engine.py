@@ -103,11 +103,14 @@ def _engine(servers, **options):
                      batch_size=4, retries=RETRIES, **options)
 
 
-def _ray_scorer(cluster, servers, source, out, *extra):
-    cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--engine", "ray",
-           "--ray-address", cluster.address, "--url", ",".join(s.grpc_url for s in servers),
-           "--model", "dev", "--out", str(out), "--actors", "2", "--no-progress", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLIENT_ENV)
+def _ray_scorer(cluster, servers, source, out, *extra, address_from_env=False):
+    """The scorer joining `cluster` by --ray-address, or by RAY_ADDRESS as a cluster's job would."""
+    join = [] if address_from_env else ["--ray-address", cluster.address]
+    env = {**CLIENT_ENV, "RAY_ADDRESS": cluster.address} if address_from_env else CLIENT_ENV
+    cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--engine", "ray", *join,
+           "--url", ",".join(s.grpc_url for s in servers), "--model", "dev", "--out", str(out),
+           "--actors", "2", "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def _rows(out) -> dict:
@@ -149,7 +152,7 @@ def test_cli_driver_killed_then_rerun_resumes(cluster, servers, photos, tmp_path
     first.communicate()
     before = len(read_results(str(out)))
     assert 0 < before < len(many)
-    rerun = _ray_scorer(cluster, servers, source, out, "--json")
+    rerun = _ray_scorer(cluster, servers, source, out, "--json", address_from_env=True)
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr.decode(errors="replace")[-3000:]
     summary = json.loads(stdout)
