@@ -27,6 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--manifest", default="training/splits/garbage12_seed42.csv")
     parser.add_argument("--data-dir", default="../shared/data/garbage12")
     parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-set", choices=("balanced", "stride"), default="balanced",
+                        help="the same number of images from every class, or every n-th training image")
+    parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                        help="how activation ranges are set from the calibration images")
     parser.add_argument("--limit-per-class", type=int, default=0, help="smoke runs: N photos per class and split")
     parser.add_argument("--coverage", type=float, default=0.95)
     parser.add_argument("--nonwaste", type=int, default=240)
@@ -43,16 +47,18 @@ def main(argv=None) -> int:
                else resolve_classes("", args.manifest))
     splits = load_split(args.manifest, args.data_dir, args.limit_per_class, classes)
     source = json.loads((args.fp32_version / "export.json").read_text())
-    calib = balanced_calibration_set(splits["train"], args.calibration_images)
+    train = splits["train"]
+    calib = (balanced_calibration_set(train, args.calibration_images) if args.calibration_set == "balanced"
+             else [p for p, _ in train[:: max(1, len(train) // args.calibration_images)]][:args.calibration_images])
     out = args.out or Path(tempfile.mkdtemp(prefix="int8-"))
     out.mkdir(parents=True, exist_ok=True)
     q_raw = out / "model_int8_raw.onnx"
-    quantize_static(args.fp32_version / "model.onnx", q_raw, calib)
+    quantize_static(args.fp32_version / "model.onnx", q_raw, calib, calibrate_method=args.method)
     base = {key: source[key] for key in ("source_run", "backbone", "params") if key in source}
     base.update(quantized_from=f"{args.fp32_version.parent.name}/{args.fp32_version.name}",
                 quantized_from_sha256=source.get("sha256"),
-                quantization="static int8 (QDQ, per-channel S8 weights, U8 activations), ranges from training "
-                             "images balanced over classes, calibrated on validation after",
+                quantization=f"static int8 (QDQ, per-channel S8 weights, U8 activations), {args.method} ranges "
+                             f"from {args.calibration_set} training images, calibrated on validation after",
                 calibration_images=len(calib))
     options = SimpleNamespace(no_calibrate=False, coverage=args.coverage, nonwaste=args.nonwaste, name=args.name)
     served, record = export_variant(q_raw, out, "int8", splits, classes, options, base)

@@ -77,9 +77,13 @@ class _PixelReader:
         return None if chunk is None else {INPUT_NAME: chunk}
 
 
+#: The classifier head: the dense layers and the softmax stay FP32 when `fp32_head` (the default).
+HEAD_OPS = ("Gemm", "MatMul", "Softmax")
+
+
 def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: str = "qdq",
                     per_channel: bool = True, calibrate_method: str = "minmax",
-                    batch: int = 8) -> Path:
+                    batch: int = 8, fp32_head: bool = True) -> Path:
     """Quantize `fp32_onnx` to INT8 (S8 weights, U8 activations) and write `out_onnx`.
 
     Parameters
@@ -95,6 +99,11 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
     calibrate_method : {"minmax", "percentile", "entropy"}
     batch : int
         Images per calibration feed (memory only; the ranges do not depend on it).
+    fp32_head : bool
+        Keep the head (dense layers, softmax) in FP32. Quantised, the softmax output is rounded to
+        steps of 1/255: close classes tie (argmax then picks the lower index) and small
+        probabilities become 0, which the calibration's log cannot undo; the head costs nothing
+        next to the convolutions.
 
     Returns
     -------
@@ -125,11 +134,16 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
         # an unoptimised tf2onnx graph leaves BatchNorm/Transpose chains as FP32 islands.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        exclude = []
+        if fp32_head:
+            import onnx
+
+            exclude = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in HEAD_OPS]
         ort_quantize_static(
             str(prepared), str(out_onnx), _PixelReader(pixels, batch),
             quant_format=formats[fmt], per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[calibrate_method],
+            calibrate_method=methods[calibrate_method], nodes_to_exclude=exclude,
         )
     return out_onnx
 

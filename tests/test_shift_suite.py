@@ -92,3 +92,19 @@ def test_ablation_table_names_what_each_run_changed(tmp_path):
                                                       "best_val_loss": 0.1, "best_val_min_recall": 0.9}))
     text = table([tmp_path / "base", tmp_path / "no_mix"])
     assert "| base | (baseline) |" in text and "mix_prob=0.0" in text and "-0.50" in text
+
+
+def test_threshold_is_recorded_in_export_json_without_touching_the_model(tmp_path):
+    from contract import CLASSES
+    from export.model_repository import sha256, write_dev_classifier
+    from export.threshold import choose_and_record
+
+    model = write_dev_classifier(tmp_path, "dev")
+    (model.parent / "export.json").write_text(json.dumps({"sha256": sha256(model)}))
+    photos = sorted((ROOT / "samples" / "garbage12").glob("*/*.jpg"))
+    items = [(str(p), CLASSES.index(p.parent.name)) for p in photos]
+    record = choose_and_record(model.parent, {"val": items[::2], "test": items[1::2]}, 0.9, 6, tmp_path / "out")
+    export = json.loads((model.parent / "export.json").read_text())
+    assert export["unsure_threshold"] == record["threshold"] and export["sha256"] == sha256(model)
+    assert record["validation"]["coverage"] >= 0.9 and 0 <= record["nonwaste"]["unsure_rate"] <= 1
+    assert (tmp_path / "out" / "risk_coverage.png").stat().st_size > 0
