@@ -7,6 +7,7 @@ server) that boto3 fills and the scorer reads through `s3://` with AWS_ENDPOINT_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -504,6 +505,16 @@ def test_engine_ray_from_the_command_line(dev_server, tmp_path):
     rows = {r["path"]: r for r in read_results(str(out))}
     assert _once(out) == Counter(paths + [str(tmp_path / "p" / "notes.jpg")])
     assert rows[str(tmp_path / "p" / "notes.jpg")]["error"].startswith("INVALID_ARGUMENT")
+
+
+def test_the_command_leaves_this_process_logging_as_it_found_it(tmp_path):
+    """`main` is called in-process (here, by embedding programs): the quieter retry level it sets for
+    a bulk job must not outlive it, or this process's retry warnings vanish from then on."""
+    root, retry = logging.getLogger(), logging.getLogger("waste_client._retry")
+    before = (list(root.handlers), root.level, retry.level)
+    for quiet in ([], ["-q"]):
+        assert main(["score", str(tmp_path), "--url", "127.0.0.1:1", "--in-flight", "0", *quiet]) == 2
+        assert (list(root.handlers), root.level, retry.level) == before
 
 
 def test_quiet_and_verbose(dev_server, tmp_path, capsys):
