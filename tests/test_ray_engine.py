@@ -8,6 +8,7 @@ fault tests drive the engine in this process, where the actors' pids are at hand
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import ray  # noqa: E402 - never skipped: `make setup` installs ray[data]
+import ray.data  # noqa: E402,F401 - configures its loggers on import, before any engine runs
 from ray._private import ray_constants  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -228,6 +230,7 @@ def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
             pulled.append(identity)
             yield identity
 
+    levels = [logging.getLogger(name).level for name in ("ray", "ray.data")]
     try:
         with _engine(servers, window=100) as engine:
             for identity, outcome in engine.results(listing()):
@@ -237,6 +240,8 @@ def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
                     os.killpg(gone._process.pid, signal.SIGKILL)
         assert not gone.is_running()
         assert set(got) == set(many) and len(got) > 200
+        # Quiet while it ran; this process's Ray logging as it was once the engine is closed.
+        assert [logging.getLogger(name).level for name in ("ray", "ray.data")] == levels
         errors = [o for o in got.values() if not isinstance(o, Prediction)]
         assert not errors, errors[:3]
     finally:

@@ -214,7 +214,12 @@ class RayEngine:
         self.verbose = verbose
         self._ray = _import_ray()
         self._owns_ray = False
-        self._connect(ray_address)
+        self._restore_quiet: Any = None
+        try:
+            self._connect(ray_address)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> "RayEngine":
         return self
@@ -224,7 +229,7 @@ class RayEngine:
 
     def _connect(self, address: Optional[str]) -> None:
         ray = self._ray
-        _quiet_ray_data(ray, self.verbose)
+        self._restore_quiet = _quiet_ray_data(ray, self.verbose)
         if ray.is_initialized():
             logger.info("using the Ray connection already open in this process")
             return
@@ -330,6 +335,8 @@ class RayEngine:
     def close(self) -> None:
         """Stop the local Ray this engine started (a joined cluster stays up). Safe to call twice.
 
+        Ray Data's progress settings and the Ray loggers' levels are put back as they were.
+
         Returns
         -------
         None
@@ -337,6 +344,9 @@ class RayEngine:
         if self._owns_ray:
             self._owns_ray = False
             self._ray.shutdown()
+        restore, self._restore_quiet = self._restore_quiet, None
+        if restore is not None:
+            restore()
 
 
 def _package() -> str:
@@ -373,15 +383,24 @@ def _cluster_errors_to_log(ray: Any) -> None:
     worker.print_to_stdstream = to_log
 
 
-def _quiet_ray_data(ray: Any, verbose: bool) -> None:
-    """Keep Ray Data's progress bars and execution banners off unless ``verbose``."""
+def _quiet_ray_data(ray: Any, verbose: bool) -> Any:
+    """Keep Ray Data's progress bars, banners and logs off unless ``verbose``; return the undo."""
     ctx = ray.data.DataContext.get_current()
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, [lg.level for lg in loggers])
+
+    def restore() -> None:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved[0], saved[1]
+        for lg, level in zip(loggers, saved[2]):
+            lg.setLevel(level)
+
     ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = verbose
     if not verbose:
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
         # Ray's C++ core logs notices at error level to this process's stderr (e.g. that
         # actor constructor arguments live in the object store); a failure that matters
         # reaches us as an exception anyway. Read when Ray starts in this process.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    return restore
