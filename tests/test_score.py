@@ -356,10 +356,10 @@ def _wait_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -
     raise AssertionError(f"no {n} rows in {out} (exit {proc.poll()})")
 
 
-def _scorer(server, source, out, *extra, env=None):
+def _scorer(server, source, out, *extra, env=None, popen=subprocess.Popen):
     cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--url", server.grpc_url,
            "--model", "dev", "--out", str(out), "--in-flight", "1", "--batch-size", "1", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or CLIENT_ENV)
+    return popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or CLIENT_ENV)
 
 
 @pytest.mark.parametrize("ext", ["csv", "jsonl"])
@@ -477,10 +477,10 @@ def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path, halt):
     assert _once(out) == Counter(paths)
 
 
-def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path):
+def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path, ctrl_c_popen):
     paths = _photos(tmp_path / "many", 150)
     out = tmp_path / "r.csv"
-    proc = _scorer(dev_server, tmp_path / "many", out)
+    proc = _scorer(dev_server, tmp_path / "many", out, popen=ctrl_c_popen)
     _wait_rows(out, 10, proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=60)
