@@ -219,6 +219,30 @@ def test_cli_actor_killed_mid_job_is_replaced_and_the_output_stays_exact(cluster
     assert set(_rows(out)) == set(many)
 
 
+def test_cli_without_an_address_starts_its_own_ray_and_ctrl_c_stops_it(servers, photos, tmp_path,
+                                                                       ctrl_c_popen):
+    _, many = photos
+    out = tmp_path / "r.csv"
+    env = {k: v for k, v in CLIENT_ENV.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "waste_client", "score", os.path.dirname(many[0]), "--engine", "ray",
+           "--url", servers[0].grpc_url, "--model", "dev", "--out", str(out), "--in-flight", "1",
+           "--batch-size", "1", "--no-progress"]
+    proc = ctrl_c_popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_bytes().count(b"\n") > 10):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    names = {p.name() for p in ray_processes}
+    assert {"raylet", "gcs_server"} <= names, f"its own local Ray, not the test's cluster: {names}"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"run again to resume" in stderr, stderr[-2000:]
+    psutil.wait_procs(ray_processes, timeout=15)
+    assert not [p for p in ray_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert 0 < len(_rows(out)) < len(many)
+
+
 def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
     """In this process, in windows of 100 (three pipelines): the dead server's share moves on."""
     _, many = photos
