@@ -1,6 +1,8 @@
-"""Shared server fixtures: `dev_server` (random-weight classifier `dev`) and `prod_server`."""
+"""Shared fixtures: servers (`dev_server`, `prod_server`, `s3_server`) and `ctrl_c_popen`."""
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,31 @@ def s3_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _ignore_sigint(signum, frame):
+    pass
+
+
+def popen_reachable_by_ctrl_c(*args, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` whose child starts with SIGINT at its default, as at a terminal.
+
+    A shell without job control (CI scripts, ``make test &``) starts background jobs with SIGINT
+    ignored, and an ignored signal stays ignored across fork and exec: Python then installs no
+    KeyboardInterrupt handler and the child never sees the test's Ctrl-C. A handler, unlike
+    SIG_IGN, is reset to SIG_DFL by exec, so one that still ignores is installed in this process
+    for the moment of the spawn (not ``preexec_fn``: unsafe with the threads a test process has).
+    """
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        return subprocess.Popen(*args, **kwargs)
+    signal.signal(signal.SIGINT, _ignore_sigint)
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture
+def ctrl_c_popen():
+    """:func:`popen_reachable_by_ctrl_c`, for tests that send a child SIGINT (a Ctrl-C)."""
+    return popen_reachable_by_ctrl_c

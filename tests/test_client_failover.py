@@ -221,10 +221,10 @@ except KeyboardInterrupt:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("dead, script", [("refusing", CTRL_C_SCRIPT), ("mute", CTRL_C_SCRIPT),
                                           ("mute", ASYNC_CTRL_C_SCRIPT)], ids=["refusing", "mute", "mute-async"])
-def test_ctrl_c_during_an_outage_exits_within_2_s(protocol, dead, script, mute_url):
+def test_ctrl_c_during_an_outage_exits_within_2_s(protocol, dead, script, mute_url, ctrl_c_popen):
     url = _refusing_url() if dead == "refusing" else mute_url
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "client"), str(REPO_ROOT)])}
-    process = subprocess.Popen([sys.executable, "-c", script, url, protocol], env=env,
+    process = ctrl_c_popen([sys.executable, "-c", script, url, protocol], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "started"

@@ -8,6 +8,7 @@ fault tests drive the engine in this process, where the actors' pids are at hand
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import ray  # noqa: E402 - never skipped: `make setup` installs ray[data]
+import ray.data  # noqa: E402,F401 - configures its loggers on import, before any engine runs
 from ray._private import ray_constants  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -41,14 +43,24 @@ RETRIES = 20
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head node and a second node, one CPU each, this process connected as the driver."""
+def cluster(s3_server):
+    """A head node and a second node, one CPU each, this process connected as the driver.
+
+    The nodes start with the S3 server's credentials in their environment, as a cluster's nodes
+    carry their object store's (the actors read the photos).
+    """
     # Ports left to the OS (GCS, agents): other Ray users may share this machine.
     head = {"num_cpus": 1, "object_store_memory": NODE_MEMORY, "include_dashboard": False,
             "dashboard_agent_listen_port": None}
-    c = Cluster(initialize_head=True, head_node_args=head)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3_server.items():
+            env.setenv(name, value)
+        c = Cluster(initialize_head=True, head_node_args=head)
     try:
-        c.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in s3_server.items():
+                env.setenv(name, value)
+            c.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
         c.wait_for_nodes()
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
         yield c
@@ -103,10 +115,12 @@ def _engine(servers, **options):
                      batch_size=4, retries=RETRIES, **options)
 
 
-def _ray_scorer(cluster, servers, source, out, *extra, address_from_env=False):
+def _ray_scorer(cluster, servers, source, out, *extra, address_from_env=False, env=None):
     """The scorer joining `cluster` by --ray-address, or by RAY_ADDRESS as a cluster's job would."""
     join = [] if address_from_env else ["--ray-address", cluster.address]
-    env = {**CLIENT_ENV, "RAY_ADDRESS": cluster.address} if address_from_env else CLIENT_ENV
+    env = {**CLIENT_ENV, **(env or {})}
+    if address_from_env:
+        env["RAY_ADDRESS"] = cluster.address
     cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--engine", "ray", *join,
            "--url", ",".join(s.grpc_url for s in servers), "--model", "dev", "--out", str(out),
            "--actors", "2", "--no-progress", *extra]
@@ -140,6 +154,28 @@ def test_cli_ray_engine_gives_the_local_engines_rows_on_both_nodes(cluster, serv
     assert len(nodes) == 2, "the two actors should run on the two nodes"
 
 
+def test_cli_ray_engine_reads_an_object_store_in_the_actors(cluster, servers, s3_server, tmp_path, monkeypatch):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="ray-photos")
+    for src in GOOD + [SAMPLES / "bad" / "notes.jpg"]:
+        s3.put_object(Bucket="ray-photos", Key=f"photos/{src.parent.name}/{src.name}", Body=src.read_bytes())
+    local, remote = tmp_path / "local.csv", tmp_path / "ray.csv"
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    assert main(["score", "s3://ray-photos/photos", "--url", servers[0].grpc_url, "--model", "dev",
+                 "--out", str(local), "--no-progress", "--no-table", "--json"]) == 1  # notes.jpg
+    proc = _ray_scorer(cluster, servers, "s3://ray-photos/photos", remote, "--json", env=s3_server)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr.decode(errors="replace")[-3000:]
+    rows = _rows(remote)
+    assert rows == _rows(local) and len(rows) == len(GOOD) + 1
+    assert all(path.startswith("s3://ray-photos/photos/") for path in rows)
+    assert rows["s3://ray-photos/photos/bad/notes.jpg"][1] == "INVALID_ARGUMENT"
+
+
 def test_cli_driver_killed_then_rerun_resumes(cluster, servers, photos, tmp_path):
     _, many = photos
     source, out = os.path.dirname(many[0]), tmp_path / "r.csv"
@@ -163,12 +199,13 @@ def test_cli_driver_killed_then_rerun_resumes(cluster, servers, photos, tmp_path
 def test_cli_actor_killed_mid_job_is_replaced_and_the_output_stays_exact(cluster, servers, photos, tmp_path):
     _, many = photos
     source, out = os.path.dirname(many[0]), tmp_path / "r.jsonl"
-    proc = _ray_scorer(cluster, servers, source, out, "--json", "--in-flight", "1", "--batch-size", "2")
+    # One photo per actor call: a long job of small steps, so the replacement comes up before the end.
+    proc = _ray_scorer(cluster, servers, source, out, "--json", "--in-flight", "1", "--batch-size", "1")
     killed, replaced, rows_at_kill = None, False, 0
     while proc.poll() is None:
         workers = _map_workers(cluster)
         rows = out.read_bytes().count(b"\n") if out.exists() else 0
-        if killed is None and len(workers) == 2 and rows > 5:
+        if killed is None and len(workers) == 2 and rows > 2:
             killed, rows_at_kill = max(workers), rows
             os.kill(killed, signal.SIGKILL)
         elif killed is not None and len(set(workers) - {killed}) == 2:
@@ -183,17 +220,28 @@ def test_cli_actor_killed_mid_job_is_replaced_and_the_output_stays_exact(cluster
 
 
 def test_server_killed_mid_job_its_share_moves(cluster, servers, photos):
+    """In this process, in windows of 100 (three pipelines): the dead server's share moves on."""
     _, many = photos
     gone = servers[1]  # not restarted: this test comes last in the module
-    got = {}
+    got, pulled = {}, []
+
+    def listing():
+        for identity in many:
+            pulled.append(identity)
+            yield identity
+
+    levels = [logging.getLogger(name).level for name in ("ray", "ray.data")]
     try:
-        with _engine(servers) as engine:
-            for identity, outcome in engine.results(many):
+        with _engine(servers, window=100) as engine:
+            for identity, outcome in engine.results(listing()):
+                assert len(pulled) <= 100 * (1 + len(got) // 100), "identities are pulled a window at a time"
                 got[identity] = outcome
                 if len(got) == 8:
                     os.killpg(gone._process.pid, signal.SIGKILL)
         assert not gone.is_running()
-        assert set(got) == set(many)
+        assert set(got) == set(many) and len(got) > 200
+        # Quiet while it ran; this process's Ray logging as it was once the engine is closed.
+        assert [logging.getLogger(name).level for name in ("ray", "ray.data")] == levels
         errors = [o for o in got.values() if not isinstance(o, Prediction)]
         assert not errors, errors[:3]
     finally:

@@ -7,6 +7,7 @@ server) that boto3 fills and the scorer reads through `s3://` with AWS_ENDPOINT_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -355,10 +356,10 @@ def _wait_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -
     raise AssertionError(f"no {n} rows in {out} (exit {proc.poll()})")
 
 
-def _scorer(server, source, out, *extra, env=None):
+def _scorer(server, source, out, *extra, env=None, popen=subprocess.Popen):
     cmd = [sys.executable, "-m", "waste_client", "score", str(source), "--url", server.grpc_url,
            "--model", "dev", "--out", str(out), "--in-flight", "1", "--batch-size", "1", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or CLIENT_ENV)
+    return popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or CLIENT_ENV)
 
 
 @pytest.mark.parametrize("ext", ["csv", "jsonl"])
@@ -476,10 +477,10 @@ def test_server_restart_mid_job_gives_no_error_rows(dev_server, tmp_path, halt):
     assert _once(out) == Counter(paths)
 
 
-def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path):
+def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path, ctrl_c_popen):
     paths = _photos(tmp_path / "many", 150)
     out = tmp_path / "r.csv"
-    proc = _scorer(dev_server, tmp_path / "many", out)
+    proc = _scorer(dev_server, tmp_path / "many", out, popen=ctrl_c_popen)
     _wait_rows(out, 10, proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=60)
@@ -504,6 +505,31 @@ def test_engine_ray_from_the_command_line(dev_server, tmp_path):
     rows = {r["path"]: r for r in read_results(str(out))}
     assert _once(out) == Counter(paths + [str(tmp_path / "p" / "notes.jpg")])
     assert rows[str(tmp_path / "p" / "notes.jpg")]["error"].startswith("INVALID_ARGUMENT")
+
+
+def test_engine_ray_local_start_wait_is_the_knob_ray_reads(dev_server, tmp_path):
+    """The scorer lengthens Ray's wait for a local GCS (a loaded machine once needed more than Ray's
+    30 s) through RAY_gcs_server_port_wait_time_s; a user's own value wins. 0 must fail the start:
+    if a Ray upgrade stopped reading the variable, the longer wait would silently be gone."""
+    _photos(tmp_path / "p", 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "waste_client", "score", str(tmp_path / "p"), "--url", dev_server.grpc_url,
+         "--model", "dev", "--out", str(tmp_path / "r.jsonl"), "--engine", "ray", "--actors", "1"],
+        env={**CLIENT_ENV, "RAY_gcs_server_port_wait_time_s": "0"}, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot start or join Ray (a local Ray): Timed out waiting for file" in proc.stderr
+    assert "gcs_server_port" in proc.stderr
+
+
+def test_the_command_leaves_this_process_logging_as_it_found_it(tmp_path):
+    """`main` is called in-process (here, by embedding programs): the quieter retry level it sets for
+    a bulk job must not outlive it, or this process's retry warnings vanish from then on."""
+    root, retry = logging.getLogger(), logging.getLogger("waste_client._retry")
+    before = (list(root.handlers), root.level, retry.level)
+    for quiet in ([], ["-q"]):
+        assert main(["score", str(tmp_path), "--url", "127.0.0.1:1", "--in-flight", "0", *quiet]) == 2
+        assert (list(root.handlers), root.level, retry.level) == before
 
 
 def test_quiet_and_verbose(dev_server, tmp_path, capsys):

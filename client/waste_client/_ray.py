@@ -48,14 +48,21 @@ logger = logging.getLogger(__name__)
 #: ``in_flight`` (requests outstanding per actor) and ``batch_size`` (photos per request)
 #: mean what they mean for the local engine and share its defaults.
 DEFAULT_ACTORS = 2
-#: Identities per Ray Data pipeline: bounds the driver's memory on ten million
-#: sources; each window starts its actors again (seconds: see docs/SCALING.md).
-DEFAULT_WINDOW = 50_000
+#: Most identities per Ray Data pipeline: bounds the driver's memory on ten million
+#: sources (a few tens of MB per window); each window starts its actors again
+#: (seconds), so windows are large: 10^7 sources take 53 of them.
+DEFAULT_WINDOW = 200_000
+#: The first window: its results come back soon after listing starts, even from a
+#: slowly listed object store; each next window is ten times larger up to ``window``.
+FIRST_WINDOW = 1_000
 #: CPUs Ray reserves per actor: an actor mostly waits on the network; the
 #: image work is done by the Triton servers.
 DEFAULT_ACTOR_CPUS = 0.25
 #: A window that returns nothing this many times in a row stops the run.
 MAX_FAILED_PASSES = 3
+#: Seconds a local Ray's GCS may take to start (Ray's default: 30; its own choice for a slow
+#: RocksDB-backed GCS: 120).
+LOCAL_START_WAIT_S = 120
 
 # Identities travel as bytes: Arrow stores only valid UTF-8 strings, and a
 # local name that is not (carried with os.fsdecode's surrogateescape) must
@@ -173,7 +180,8 @@ class RayEngine:
         Connection settings (TLS, auth, retries...); None reads the ``WASTE_*`` environment
         of this process. Resolved here and shipped to the actors as they are.
     window : int
-        Identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`).
+        Most identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`; the first
+        pipelines are smaller, :data:`FIRST_WINDOW`).
     actor_cpus : float
         CPUs Ray reserves per actor.
     verbose : bool
@@ -209,7 +217,12 @@ class RayEngine:
         self.verbose = verbose
         self._ray = _import_ray()
         self._owns_ray = False
-        self._connect(ray_address)
+        self._restore_quiet: Any = None
+        try:
+            self._connect(ray_address)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> "RayEngine":
         return self
@@ -219,7 +232,7 @@ class RayEngine:
 
     def _connect(self, address: Optional[str]) -> None:
         ray = self._ray
-        _quiet_ray_data(ray, self.verbose)
+        self._restore_quiet = _quiet_ray_data(ray, self.verbose)
         if ray.is_initialized():
             logger.info("using the Ray connection already open in this process")
             return
@@ -235,6 +248,10 @@ class RayEngine:
             if address:
                 ray.init(address=address, **options)
             else:
+                # Ray gives its new GCS 30 s to publish its port; on a loaded 2-core machine its
+                # 40 MB binary once took longer and the job failed before it began. A user's
+                # own RAY_gcs_server_port_wait_time_s still wins.
+                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(LOCAL_START_WAIT_S))
                 # "local", not None: None would join a cluster `ray start` left on this machine.
                 ray.init(address="local", include_dashboard=False, **options)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
@@ -268,11 +285,13 @@ class RayEngine:
             times in a row without returning any result.
         """
         source = iter(identities)
+        size = min(FIRST_WINDOW, self.window)
         while True:
-            window = list(islice(source, self.window))
+            window = list(islice(source, size))
             if not window:
                 return
             yield from self._run_window(window)
+            size = min(size * 10, self.window)
 
     def _run_window(self, window: List[str]) -> Iterator[Pair]:
         missing = set(window)
@@ -323,6 +342,8 @@ class RayEngine:
     def close(self) -> None:
         """Stop the local Ray this engine started (a joined cluster stays up). Safe to call twice.
 
+        Ray Data's progress settings and the Ray loggers' levels are put back as they were.
+
         Returns
         -------
         None
@@ -330,6 +351,9 @@ class RayEngine:
         if self._owns_ray:
             self._owns_ray = False
             self._ray.shutdown()
+        restore, self._restore_quiet = self._restore_quiet, None
+        if restore is not None:
+            restore()
 
 
 def _package() -> str:
@@ -366,15 +390,24 @@ def _cluster_errors_to_log(ray: Any) -> None:
     worker.print_to_stdstream = to_log
 
 
-def _quiet_ray_data(ray: Any, verbose: bool) -> None:
-    """Keep Ray Data's progress bars and execution banners off unless ``verbose``."""
+def _quiet_ray_data(ray: Any, verbose: bool) -> Any:
+    """Keep Ray Data's progress bars, banners and logs off unless ``verbose``; return the undo."""
     ctx = ray.data.DataContext.get_current()
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, [lg.level for lg in loggers])
+
+    def restore() -> None:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved[0], saved[1]
+        for lg, level in zip(loggers, saved[2]):
+            lg.setLevel(level)
+
     ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = verbose
     if not verbose:
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
         # Ray's C++ core logs notices at error level to this process's stderr (e.g. that
         # actor constructor arguments live in the object store); a failure that matters
         # reaches us as an exception anyway. Read when Ray starts in this process.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    return restore

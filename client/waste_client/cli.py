@@ -7,10 +7,11 @@ a message and an exit code here and nowhere else. Logging is configured here onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from . import DEFAULT_TOP_K, __version__
 from ._client import Classifier
@@ -106,12 +107,29 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"waste-client {__version__}")
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _logging_configured(args: argparse.Namespace) -> Iterator[None]:
+    """Configure logging for one command and put the previous configuration back after it.
+
+    ``main`` is also called in-process (tests, a program embedding the scorer): a level left on
+    ``waste_client._retry`` would silence that process's retry warnings from then on.
+    """
+    root, retry = logging.getLogger(), logging.getLogger("waste_client._retry")
+    saved = (list(root.handlers), root.level, retry.level)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # The client logs each retry at WARNING: in a bulk job a restart would flood the log.
-        logging.getLogger("waste_client._retry").setLevel(max(level, logging.ERROR))
+        retry.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in saved[0]:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(saved[1])
+        retry.setLevel(saved[2])
 
 
 def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
@@ -148,7 +166,11 @@ def run_score(args: argparse.Namespace) -> int:
     int
         See :data:`EXIT_CODES`.
     """
-    _configure_logging(args)
+    with _logging_configured(args):
+        return _run_score(args)
+
+
+def _run_score(args: argparse.Namespace) -> int:
     if args.source is None and args.files_from is None:
         return _fail(args, "give a folder, file or URL to score, or --files-from", EXIT_USAGE)
     if min(args.in_flight, args.top_k, args.batch_size, args.actors) < 1:
