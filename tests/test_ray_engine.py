@@ -28,7 +28,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from server.launch import TritonServer  # noqa: E402
 from waste_client import Classifier, ClassifierError, Prediction  # noqa: E402
-from waste_client._ray import RayEngine  # noqa: E402
+from waste_client._ray import LOCAL_START_WAIT_S, RayEngine  # noqa: E402
 from waste_client._results import error_status, read_results  # noqa: E402
 from waste_client.cli import main  # noqa: E402
 
@@ -55,6 +55,8 @@ def cluster(s3_server):
     with pytest.MonkeyPatch.context() as env:
         for name, value in s3_server.items():
             env.setenv(name, value)
+        # The scorer's patience for a slow GCS start (Ray's own 30 s ran out once under load).
+        env.setenv("RAY_gcs_server_port_wait_time_s", str(LOCAL_START_WAIT_S))
         c = Cluster(initialize_head=True, head_node_args=head)
     try:
         with pytest.MonkeyPatch.context() as env:

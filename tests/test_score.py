@@ -507,6 +507,21 @@ def test_engine_ray_from_the_command_line(dev_server, tmp_path):
     assert rows[str(tmp_path / "p" / "notes.jpg")]["error"].startswith("INVALID_ARGUMENT")
 
 
+def test_engine_ray_local_start_wait_is_the_knob_ray_reads(dev_server, tmp_path):
+    """The scorer lengthens Ray's wait for a local GCS (a loaded machine once needed more than Ray's
+    30 s) through RAY_gcs_server_port_wait_time_s; a user's own value wins. 0 must fail the start:
+    if a Ray upgrade stopped reading the variable, the longer wait would silently be gone."""
+    _photos(tmp_path / "p", 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "waste_client", "score", str(tmp_path / "p"), "--url", dev_server.grpc_url,
+         "--model", "dev", "--out", str(tmp_path / "r.jsonl"), "--engine", "ray", "--actors", "1"],
+        env={**CLIENT_ENV, "RAY_gcs_server_port_wait_time_s": "0"}, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot start or join Ray (a local Ray): Timed out waiting for file" in proc.stderr
+    assert "gcs_server_port" in proc.stderr
+
+
 def test_the_command_leaves_this_process_logging_as_it_found_it(tmp_path):
     """`main` is called in-process (here, by embedding programs): the quieter retry level it sets for
     a bulk job must not outlive it, or this process's retry warnings vanish from then on."""

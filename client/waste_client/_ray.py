@@ -60,6 +60,9 @@ FIRST_WINDOW = 1_000
 DEFAULT_ACTOR_CPUS = 0.25
 #: A window that returns nothing this many times in a row stops the run.
 MAX_FAILED_PASSES = 3
+#: Seconds a local Ray's GCS may take to start (Ray's default: 30; its own choice for a slow
+#: RocksDB-backed GCS: 120).
+LOCAL_START_WAIT_S = 120
 
 # Identities travel as bytes: Arrow stores only valid UTF-8 strings, and a
 # local name that is not (carried with os.fsdecode's surrogateescape) must
@@ -245,6 +248,10 @@ class RayEngine:
             if address:
                 ray.init(address=address, **options)
             else:
+                # Ray gives its new GCS 30 s to publish its port; on a loaded 2-core machine its
+                # 40 MB binary once took longer and the job failed before it began. A user's
+                # own RAY_gcs_server_port_wait_time_s still wins.
+                os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(LOCAL_START_WAIT_S))
                 # "local", not None: None would join a cluster `ray start` left on this machine.
                 ray.init(address="local", include_dashboard=False, **options)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
