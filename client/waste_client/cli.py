@@ -17,6 +17,7 @@ from . import DEFAULT_TOP_K, __version__
 from ._client import Classifier
 from ._settings import add_connection_arguments, settings_from_args
 from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, LocalEngine
+from ._ray import DEFAULT_ACTORS
 from ._errors import ClassifierError
 from .score import render_report, score, wait_until_ready
 
@@ -91,7 +92,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
                        help="requests outstanding at once (per actor with --engine ray)")
     speed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                        help="photos per request (not yet chosen by measurement)")
-    speed.add_argument("--actors", type=int, default=2, help="--engine ray: classifier actors")
+    speed.add_argument("--actors", type=int, default=DEFAULT_ACTORS,
+                       help="--engine ray: classifier actors (default: %(default)s, not yet chosen by measurement)")
     speed.add_argument("--ray-address", default=None, help="--engine ray: cluster address (default: start Ray locally)")
 
     show = parser.add_argument_group("output on the terminal")
