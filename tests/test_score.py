@@ -517,7 +517,7 @@ def test_engine_ray_local_start_wait_is_the_knob_ray_reads(dev_server, tmp_path)
          "--model", "dev", "--out", str(tmp_path / "r.jsonl"), "--engine", "ray", "--actors", "1"],
         env={**CLIENT_ENV, "RAY_gcs_server_port_wait_time_s": "0"}, capture_output=True, text=True,
         timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]  # unreachable: a later run can succeed
     assert "cannot start or join Ray (a local Ray): Timed out waiting for file" in proc.stderr
     assert "gcs_server_port" in proc.stderr
 

@@ -56,7 +56,8 @@ class Transport:
             ("grpc.http2.max_pings_without_data", 2),
             ("grpc.min_reconnect_backoff_ms", connect_ms),
             ("grpc.initial_reconnect_backoff_ms", connect_ms),
-            # A name that resolves to several servers (`dns:///` + a Kubernetes headless Service)
+            # A name that resolves to several servers (a Kubernetes headless Service; gRPC resolves
+            # names through DNS)
             # gets a connection to each and requests spread over them; one address: no change.
             ("grpc.lb_policy_name", "round_robin"),
         ]}

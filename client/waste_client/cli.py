@@ -31,7 +31,8 @@ exit codes:
   0    every row is a prediction
   1    finished, with error rows (see the error column; transient ones are retried by a rerun)
   2    usage error: bad option, missing source, an output of another job or in use
-  3    server unreachable or model not ready (after --wait)
+  3    server unreachable or model not ready (after --wait), or the engine (Ray) or the
+       source's store unreachable
   130  interrupted (rows written so far are kept; run again to resume)
 
 The output's first line records source, model, top-k and format; a rerun with the same
@@ -196,7 +197,10 @@ def _run_score(args: argparse.Namespace) -> int:
                 labels_from_folders=args.labels_from_folders, progress=progress, keep_rows=keep,
             )
     except ClassifierError as exc:
-        return _fail(args, str(exc), EXIT_USAGE)
+        # A transient failure outside any one photo (a local Ray that cannot start, a pipeline
+        # that keeps failing, a store that stops answering while listing) is "unreachable":
+        # running again later can succeed. Anything else is the command's own fault.
+        return _fail(args, str(exc), EXIT_UNREACHABLE if exc.transient else EXIT_USAGE)
     except OSError as exc:
         return _fail(args, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
