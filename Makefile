@@ -89,7 +89,7 @@ app: dev-repository
 	MODEL_REPOSITORY=$(DEV_REPOSITORY) HTTP_PORT=$(DEV_HTTP_PORT) GRPC_PORT=$(DEV_GRPC_PORT) \
 		METRICS_PORT=$(DEV_METRICS_PORT) $(PY) -m server.launch & server=$$!; \
 	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
-	$(PY) -m app.run --server-url 127.0.0.1:$(DEV_HTTP_PORT) --model dev --wait 120
+	$(PY) -m app.run --server-url 127.0.0.1:$(DEV_HTTP_PORT) --protocol http --model dev --wait 120
 else
 app: setup
 	$(PY) -m app.run $(if $(URL),--server-url $(URL))

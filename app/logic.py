@@ -19,10 +19,13 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 import contract
+from waste_client import ClassifierError, ClientSettings
 
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_BINS = APP_DIR / "bins.toml"
-DEFAULT_URL = "127.0.0.1:8000"
+# Where the server is comes from the client library: the same WASTE_URL / WASTE_PROTOCOL
+# variables and defaults as the scorer (localhost:8001 over gRPC unless told otherwise).
+DEFAULT_URL = ClientSettings().urls[0]
 DEFAULT_MODEL = contract.DEFAULT_MODEL
 #: Below this top probability the app asks instead of answering. 0.5 means "more likely this than
 #: everything else together", the plainest line a person can be told; the sidebar moves it.
@@ -63,7 +66,7 @@ class Settings:
     """
 
     server_url: str = DEFAULT_URL
-    protocol: str = "http"
+    protocol: str = ClientSettings().protocol
     model: str = DEFAULT_MODEL
     threshold: float = DEFAULT_THRESHOLD
     bins_path: Path = DEFAULT_BINS
@@ -93,9 +96,12 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
         positive integer.
     """
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--server-url", default=environ.get("WASTE_SERVER_URL", DEFAULT_URL))
-    parser.add_argument("--protocol", default=environ.get("WASTE_PROTOCOL", "http"),
-                        choices=("http", "grpc"))
+    try:
+        client = ClientSettings.from_env(environ)
+    except ClassifierError as exc:
+        raise ValueError(exc.message) from exc
+    parser.add_argument("--server-url", default=client.url or "")
+    parser.add_argument("--protocol", default=client.protocol, choices=("http", "grpc"))
     parser.add_argument("--model", default=environ.get("WASTE_MODEL", DEFAULT_MODEL))
     parser.add_argument("--threshold", default=environ.get("WASTE_THRESHOLD", str(DEFAULT_THRESHOLD)))
     parser.add_argument("--bins", default=environ.get("WASTE_BINS", str(DEFAULT_BINS)))
@@ -112,7 +118,7 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
     threshold = float(args.threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], not {threshold}")
-    url = args.server_url.strip()
+    url = args.server_url.strip() or ClientSettings(protocol=args.protocol).urls[0]
     # People paste browser addresses; the client wants host:port.
     for scheme in ("http://", "https://", "grpc://"):
         if url.startswith(scheme):

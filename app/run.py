@@ -1,6 +1,6 @@
 """`make app`: start the Streamlit app against a running server.
 
-    .venv/bin/python -m app.run                       # 127.0.0.1:8000 (WASTE_SERVER_URL)
+    .venv/bin/python -m app.run                       # WASTE_URL / WASTE_PROTOCOL, as the scorer
     .venv/bin/python -m app.run --server-url H:8000   # another server
     make app DEV=1                                    # `make dev-serve` + the app on its `dev` model
 
@@ -55,10 +55,10 @@ def server_answers(url: str, protocol: str = "http") -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--server-url", default=os.environ.get("WASTE_SERVER_URL"),
-                        help=f"host:port of the server (default: {DEFAULT_URL})")
-    parser.add_argument("--protocol", default=os.environ.get("WASTE_PROTOCOL", "http"),
-                        choices=("http", "grpc"))
+    parser.add_argument("--server-url", default=None,
+                        help=f"host:port of the server (env WASTE_URL; default: {DEFAULT_URL} for gRPC)")
+    parser.add_argument("--protocol", default=None, choices=("http", "grpc"),
+                        help="env WASTE_PROTOCOL (default: grpc)")
     parser.add_argument("--model", default=None, help=f"default model (WASTE_MODEL, {DEFAULT_MODEL})")
     parser.add_argument("--port", type=int, default=int(os.environ.get("APP_PORT", "8501")))
     parser.add_argument("--address", default=os.environ.get("APP_ADDRESS", "127.0.0.1"))
@@ -66,21 +66,23 @@ def main(argv=None) -> int:
                         help="wait up to this long for the server to answer (a server started alongside)")
     args = parser.parse_args(argv)
     try:
-        max_upload_mb = load_settings([]).max_upload_mb
+        # The page resolves its server the same way (load_settings), so both agree.
+        settings = load_settings([*(["--server-url", args.server_url] if args.server_url else []),
+                                  *(["--protocol", args.protocol] if args.protocol else [])])
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    url = args.server_url or DEFAULT_URL
+    url, protocol, max_upload_mb = settings.server_url, settings.protocol, settings.max_upload_mb
     model = args.model or os.environ.get("WASTE_MODEL") or DEFAULT_MODEL
     deadline = time.monotonic() + args.wait
-    while not server_answers(url, args.protocol) and time.monotonic() < deadline:
+    while not server_answers(url, protocol) and time.monotonic() < deadline:
         time.sleep(0.5)
-    if not server_answers(url, args.protocol):
+    if not server_answers(url, protocol):
         print(f"note: no server answers at {url}; start one with `make serve` (or `make app DEV=1` "
               "for a random-weight demo model)", file=sys.stderr)
     command = streamlit_command(url, model, port=args.port, address=args.address,
-                                protocol=args.protocol, max_upload_mb=max_upload_mb)
+                                protocol=protocol, max_upload_mb=max_upload_mb)
     print(f"app: http://{args.address}:{args.port}  (server {url}, model {model}); Ctrl-C to stop",
           flush=True)
     app = subprocess.Popen(command, cwd=ROOT)

@@ -1,7 +1,7 @@
 # The Streamlit app, a client of the Triton server (no model inside).
 #
 #   docker build -f docker/Dockerfile.app -t waste-app .            # context = repository root
-#   docker run --read-only --tmpfs /tmp -p 127.0.0.1:8501:8501 -e WASTE_SERVER_URL=triton-host:8000 waste-app
+#   docker run --read-only --tmpfs /tmp -p 127.0.0.1:8501:8501 -e WASTE_URL=triton-host:8000 waste-app
 FROM python:3.11-slim
 
 WORKDIR /srv
@@ -14,7 +14,7 @@ COPY app /srv/app
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 
 # HOME on /tmp: Streamlit writes its config directory there, and the root filesystem may be read-only.
-ENV WASTE_SERVER_URL=server:8000 \
+ENV WASTE_URL=server:8000 \
     WASTE_PROTOCOL=http \
     WASTE_MODEL=effnet_lite0 \
     WASTE_THRESHOLD=0.5 \

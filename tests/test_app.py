@@ -48,7 +48,10 @@ def closed_port() -> int:
 
 
 def test_settings_env_then_command_line():
-    env = {"WASTE_SERVER_URL": "http://h:1/", "WASTE_MODEL": "m", "WASTE_THRESHOLD": "0.3"}
+    # The scorer's variables and defaults: WASTE_URL / WASTE_PROTOCOL, gRPC on localhost:8001.
+    assert (load_settings([], {}).server_url, load_settings([], {}).protocol) == ("localhost:8001", "grpc")
+    assert load_settings(["--protocol", "http"], {}).server_url == "localhost:8000"
+    env = {"WASTE_URL": "http://h:1/", "WASTE_PROTOCOL": "http", "WASTE_MODEL": "m", "WASTE_THRESHOLD": "0.3"}
     assert load_settings([], env) == Settings("h:1", "http", "m", 0.3, load_settings([], {}).bins_path)
     s = load_settings(["-q", "--server-url", "x:2", "--protocol", "grpc", "--threshold=0.9"], env)
     assert (s.server_url, s.protocol, s.model, s.threshold) == ("x:2", "grpc", "m", 0.9)
@@ -164,7 +167,8 @@ def test_occlusion_batch_and_map():
 def run_app(monkeypatch, url: str, model: str = "dev", **env):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("WASTE_SERVER_URL", url)
+    monkeypatch.setenv("WASTE_URL", url)
+    monkeypatch.setenv("WASTE_PROTOCOL", env.pop("WASTE_PROTOCOL", "http"))
     monkeypatch.setenv("WASTE_MODEL", model)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -216,7 +216,7 @@ def test_compose_services_build_existing_files_and_match_ports():
     assert services["proxy"]["ports"] == ["8443:8443"]
     assert all(p.startswith("127.0.0.1:") for n, s in services.items() if n != "proxy"
                for p in s.get("ports", []))
-    assert services["app"]["environment"]["WASTE_SERVER_URL"] == f"server:{ports['http']}"
+    assert services["app"]["environment"]["WASTE_URL"] == f"server:{ports['http']}"
     command = services["locust"]["command"]
     assert command[command.index("--grpc-url") + 1] == f"server:{ports['grpc']}"
     assert command[command.index("--http-url") + 1] == f"server:{ports['http']}"
@@ -365,7 +365,7 @@ def test_k8s_app_points_at_the_triton_service():
     triton = _k8s("triton.yaml")["Service", "waste-triton"]
     (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["WASTE_SERVER_URL"] == f"{triton['metadata']['name']}:{launcher_ports()['http']}"
+    assert env["WASTE_URL"] == f"{triton['metadata']['name']}:{launcher_ports()['http']}"
     assert container["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
 
 
