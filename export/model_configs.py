@@ -66,6 +66,9 @@ class Serving:
         (needs ``--cache-config`` on the server).
     warmup : int
         Batch size of a zero-image warm-up request run at load time (classifiers only; 0: none).
+    device : {"cpu", "gpu"}
+        Where the instances run (``KIND_CPU`` / ``KIND_GPU``); the GPU image puts the classifiers
+        there, the Python models stay on the CPU where Pillow runs anyway.
     """
 
     instances: int = 1
@@ -81,6 +84,7 @@ class Serving:
     accelerator_parameters: dict = field(default_factory=dict)
     response_cache: bool = False
     warmup: int = 0
+    device: str = "cpu"
 
     def with_options(self, **options) -> "Serving":
         """A copy with ``options`` changed; an unknown option is a TypeError naming it."""
@@ -88,10 +92,14 @@ class Serving:
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"unknown serving option(s) {unknown}; known: {sorted(known)}")
+        if options.get("device", "cpu") not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {options['device']!r}")
         if "preferred_batch_sizes" in options:
             options["preferred_batch_sizes"] = tuple(options["preferred_batch_sizes"])
         return replace(self, **options)
 
+
+DEVICES = ("cpu", "gpu")
 
 #: The committed defaults of each kind of model.
 CLASSIFIER = Serving(instances=2, threads=1, preferred_batch_sizes=(8, 16, 32))
@@ -340,7 +348,7 @@ def _batching(s: Serving, why: list[str]) -> str:
 
 
 def _instances(s: Serving, why: list[str]) -> str:
-    return "\n".join([*why, "instance_group [", "  {", f"    count: {s.instances}", "    kind: KIND_CPU",
+    return "\n".join([*why, "instance_group [", "  {", f"    count: {s.instances}", f"    kind: KIND_{s.device.upper()}",
                       "  }", "]"])
 
 

@@ -390,6 +390,8 @@ def main(argv=None) -> int:
     configs.add_argument("--repo", type=Path, default=COMMITTED)
     configs.add_argument("--warmup", type=int, default=0, metavar="BATCH",
                          help="a zero-image warm-up request of this batch size per classifier at load")
+    configs.add_argument("--device", choices=("cpu", "gpu"), default=CLASSIFIER.device,
+                         help="where the classifiers' instances run (the GPU image: gpu)")
     configs.add_argument("--backend", choices=BACKENDS, default=CLASSIFIER.backend,
                          help="the classifiers' runtime (docs/PERFORMANCE.md); the committed repository "
                               "keeps the default")
@@ -412,6 +414,8 @@ def main(argv=None) -> int:
         options = {"warmup": args.warmup} if args.warmup else {}
         if args.backend != CLASSIFIER.backend:
             options["backend"] = args.backend
+        if args.device != CLASSIFIER.device:
+            options["device"] = args.device
         for model_dir in write_committed_configs(args.repo, **options):
             print(f"wrote {model_dir / 'config.pbtxt'}")
         return 0

@@ -69,6 +69,10 @@ def test_every_option_gives_a_config_triton_can_parse():
     assert _parse(ensemble_config("x", tta=True, response_cache=True)).response_cache.enable
     small = _parse(preprocess_config(max_queue_size=8))
     assert small.dynamic_batching.default_queue_policy.max_queue_size == 8
+    assert _parse(classifier_config("x", device="gpu")).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert _parse(classifier_config("x")).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    with pytest.raises(ValueError, match="device"):
+        classifier_config("x", device="tpu")
     with pytest.raises(TypeError, match="instance_count"):
         classifier_config("x", instance_count=1)
     with pytest.raises(ValueError, match="model name"):
@@ -153,3 +157,22 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
         t.join()
     assert not errors
     assert sorted(results, key=int) == [str(i) for i in range(1, 7)]
+
+
+def test_the_gpu_image_gets_its_device_from_the_writer_not_a_text_patch(tmp_path):
+    """docker/Dockerfile writes GPU configs with `configs --device gpu`; nothing edits a config's text."""
+    from export.model_repository import main
+
+    dockerfile = (COMMITTED.parent / "docker" / "Dockerfile").read_text()
+    assert "--device gpu" in dockerfile and "sed " not in dockerfile
+    copy = tmp_path / "repo"
+    for name in [*contract.SHARED_MODELS, *(contract.classifier_model(n) for n in committed_classifiers())]:
+        (copy / name).mkdir(parents=True)
+        (copy / name / "config.pbtxt").write_text("stale")
+    assert main(["configs", "--repo", str(copy), "--device", "gpu", "--warmup", "1"]) == 0
+    for name in committed_classifiers():
+        config = _parse((copy / contract.classifier_model(name) / "config.pbtxt").read_text())
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    for name in contract.SHARED_MODELS:  # Python models stay where Pillow runs
+        config = _parse((copy / name / "config.pbtxt").read_text())
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
