@@ -620,3 +620,30 @@ def test_the_clients_grpc_channel_spreads_requests_over_every_address_of_a_name(
         served = [after - b for after, b in zip(successes(), before)]
         assert sum(served) == 20 and min(served) >= 5, served  # round_robin: 10 and 10
         client.close()
+
+
+#: Image -> the code it runs; every package of ours that code imports must be in the image.
+IMAGE_CODE = {"Dockerfile.app": ("app",), "Dockerfile.locust": ("load_tests",)}
+OUR_PACKAGES = {"contract": "contract", "waste_client": "client", "app": "app", "load_tests": "load_tests"}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_CODE))
+def test_client_images_carry_every_package_of_ours_their_code_imports(name):
+    """A module moved to the public client or the contract must reach the image too (the Locust image
+    once lacked both after its users moved to waste_client)."""
+    copied = {source.rstrip("/") for sources, _ in copies(name) for source in sources}
+    needed = set()
+    for folder in IMAGE_CODE[name]:
+        for path in (ROOT / folder).rglob("*.py"):
+            needed |= {OUR_PACKAGES[m] for m in re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M)
+                       if m in OUR_PACKAGES}
+    assert needed <= copied, f"{name} lacks {sorted(needed - copied)}"
+    if "client" in needed:
+        pip = " ".join(a for w, a in instructions(name) if w == "RUN" and "pip install" in a)
+        assert "/srv/client" in pip, f"{name} copies the client but does not install it"
+
+
+@pytest.mark.parametrize("name", ALL_DOCKERFILES)
+def test_every_image_runs_as_a_non_root_user(name):
+    users = [a.split(":")[0] for w, a in instructions(name) if w == "USER"]
+    assert users and users[-1] not in ("root", "0"), f"{name} runs as root"
