@@ -9,11 +9,20 @@ temperature + per-class offsets fitted on the validation split for the INT8 outp
 shifts some classes' logits; re-fitting the offsets on validation undoes that), the "not sure"
 threshold, the test split and the non-waste pictures. `--dry-run` evaluates and writes the record
 to --out without publishing.
+
+`--reduce-range` quantises weights to 7 bits, ONNX Runtime's advice for x86 CPUs without VNNI
+(their U8S8 kernels can saturate; `python -m export.int8_variants` measures each recipe on the CPU
+at hand). `--keep-calibration` takes an already calibrated FP32 version as it is: its temperature
+and offsets sit in the FP32 head, so only the "not sure" threshold is chosen again on validation
+for the INT8 outputs. Every record names the CPU it was measured on and the INT8 model's test
+accuracy change and top-1 agreement against its FP32 source on that CPU; publishing is refused
+when the agreement is under 0.9 (a broken quantisation, not a rounding difference).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,9 +45,13 @@ def main(argv=None) -> int:
     parser.add_argument("--nonwaste", type=int, default=240)
     parser.add_argument("--out", type=Path, default=None, help="directory for the evaluation files")
     parser.add_argument("--dry-run", action="store_true", help="evaluate only; publish nothing")
+    parser.add_argument("--reduce-range", action="store_true", help="7-bit weights (x86 CPUs without VNNI)")
+    parser.add_argument("--keep-calibration", action="store_true",
+                        help="the FP32 version is already calibrated: keep its head, re-choose only the threshold")
     args = parser.parse_args(argv)
 
     from export.__main__ import balanced_calibration_set, export_variant, publish
+    from export.int8_variants import cpu_description
     from export.quantize import quantize_static
     from training.dataset import load_split, resolve_classes
 
@@ -53,22 +66,63 @@ def main(argv=None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="int8-"))
     out.mkdir(parents=True, exist_ok=True)
     q_raw = out / "model_int8_raw.onnx"
-    quantize_static(args.fp32_version / "model.onnx", q_raw, calib, calibrate_method=args.method)
+    quantize_static(args.fp32_version / "model.onnx", q_raw, calib, calibrate_method=args.method,
+                    reduce_range=args.reduce_range)
     base = {key: source[key] for key in ("source_run", "backbone", "params") if key in source}
+    weights = "7-bit S8 (reduce_range)" if args.reduce_range else "S8"
+    after = ("the FP32 version's calibration kept (FP32 head), threshold re-chosen on validation"
+             if args.keep_calibration else "calibrated on validation after")
     base.update(quantized_from=f"{args.fp32_version.parent.name}/{args.fp32_version.name}",
                 quantized_from_sha256=source.get("sha256"),
-                quantization=f"static int8 (QDQ, per-channel S8 weights, U8 activations), {args.method} ranges "
-                             f"from {args.calibration_set} training images, calibrated on validation after",
-                calibration_images=len(calib))
-    options = SimpleNamespace(no_calibrate=False, coverage=args.coverage, nonwaste=args.nonwaste, name=args.name)
+                quantization=f"static int8 (QDQ, per-channel {weights} weights, U8 activations), {args.method} "
+                             f"ranges from {args.calibration_set} training images, {after}",
+                calibration_images=len(calib), measured_on=cpu_description())
+    if args.keep_calibration:
+        base.update(_kept_calibration(q_raw, source, splits["val"], args.coverage))
+    base.update(_against_fp32(args.fp32_version / "model.onnx", q_raw, splits["test"]))
+    options = SimpleNamespace(no_calibrate=args.keep_calibration, coverage=args.coverage, nonwaste=args.nonwaste,
+                              name=args.name)
     served, record = export_variant(q_raw, out, "int8", splits, classes, options, base)
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     if args.dry_run:
         print(f"dry run: record in {out / 'record.json'}")
         return 0
+    if record["top1_agreement_with_fp32"] < 0.9:
+        print(f"export.int8: top-1 agreement with FP32 is {record['top1_agreement_with_fp32']:.3f} (< 0.9); "
+              f"not publishing", file=sys.stderr)
+        return 1
     target = publish(served, args.repo, args.name, record, classes)
     print(f"published {target}")
     return 0
+
+
+def _kept_calibration(q_raw: Path, source: dict, val: list, coverage: float) -> dict:
+    """The FP32 version's calibration record, and a threshold chosen on validation for the INT8 outputs."""
+    import numpy as np
+
+    from training.evaluate import predict
+    from training.selective import choose_threshold, selective
+
+    probs, _, _ = predict(q_raw, [p for p, _ in val])
+    threshold = choose_threshold(probs, coverage)
+    return {"calibration": {**source.get("calibration", {}), "kept_from_fp32": True},
+            "unsure_threshold": threshold,
+            "unsure": {"fitted_on": "validation split", "target_coverage": coverage, "threshold": threshold,
+                       "validation": selective(probs, np.array([label for _, label in val]), threshold)}}
+
+
+def _against_fp32(fp32_onnx: Path, int8_onnx: Path, test: list) -> dict:
+    """Test accuracy change and top-1 agreement of the INT8 model against its FP32 source, on this CPU."""
+    import numpy as np
+
+    from export.quantize import load_pixels, predict
+
+    pixels = load_pixels([p for p, _ in test])
+    labels = np.array([label for _, label in test])
+    fp32, int8 = predict(fp32_onnx, pixels).argmax(1), predict(int8_onnx, pixels).argmax(1)
+    return {"fp32_test_accuracy_same_cpu": float((fp32 == labels).mean()),
+            "accuracy_change_vs_fp32": float((int8 == labels).mean() - (fp32 == labels).mean()),
+            "top1_agreement_with_fp32": float((fp32 == int8).mean())}
 
 
 if __name__ == "__main__":
