@@ -95,8 +95,9 @@ class TritonRow:
     ``loop`` "scorer" runs the bulk scorer's code path (`score_folder` with a `Classifier`);
     "shm" / "message" a plain gRPC loop with the input in system shared memory / in the message;
     "raw" a plain asyncio tritonclient loop with ``per_request`` photos per request; "command"
-    `python -m waste_client score` as a whole process with ``args``; "duplicates" the same command
-    on a job with 10% exact duplicate photos (fresh bytes each round).
+    `python -m waste_client score` as a whole process with ``args`` (with ``before``, the client
+    package of that commit, taken with `git archive`, with its own defaults); "duplicates" the same
+    command on a job with 10% exact duplicate photos (fresh bytes each round).
     """
 
     label: str
@@ -111,6 +112,7 @@ class TritonRow:
     photos: str = "dataset"
     per_request: int = 1
     args: tuple = ()
+    before: str = ""
 
 
 #: Rows 1 and 6a: ORT on pre-decoded pixels, swept over BATCHES x THREADS.
@@ -175,6 +177,11 @@ TRITON_PLAN = (
     TritonRow("int8_raw1x16", "R1i", "INT8, raw asyncio tritonclient loop", "int8", 16, loop="raw", per_request=1),
     TritonRow("cmd", "SC", "python -m waste_client score", "on", loop="command"),
     TritonRow("int8_cmd", "SCi", "INT8, python -m waste_client score", "int8", loop="command"),
+    # Issue 11 rewrote the scorer (identity, lock, sources, escaping): its throughput must not drop.
+    # 86f4caa is the last commit before that rewrite.
+    TritonRow("cmd_before", "SC0", "before: the scorer of commit 86f4caa", "on", loop="command", before="86f4caa"),
+    TritonRow("int8_cmd_before", "SC0i", "before: INT8, the scorer of commit 86f4caa", "int8", loop="command",
+              before="86f4caa"),
     TritonRow("ov16", "OV", "OpenVINO backend, bulk scorer", "ov", 16),
     TritonRow("ov_int8_16", "OVi", "INT8 on the OpenVINO backend, bulk scorer", "ov_int8", 16),
     TritonRow("dup_nocache1", "D0", "10% duplicate photos, no response cache", "on", loop="duplicates",

@@ -110,8 +110,23 @@ def raw_asyncio_loop(servers, model: str, encoded: list[bytes], per_request: int
     return row, metrics_delta(before, after)
 
 
+def client_at(commit: str, dest) -> Path:
+    """The `client/` folder of `commit` (`git archive`), extracted under `dest`; reused when there.
+
+    Returns the folder to put first on PYTHONPATH so `python -m waste_client` runs that commit's code.
+    """
+    root = Path(dest) / f"client-{commit}"
+    if not (root / "client" / "waste_client").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parent.parent
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "client"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root / "client"
+
+
 def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
-                   images: int | None = None) -> tuple[Row, list[dict]]:
+                   images: int | None = None, client_path=None) -> tuple[Row, list[dict]]:
     """`python -m waste_client score FOLDER` against `servers`, timed as a whole process.
 
     Parameters
@@ -128,6 +143,9 @@ def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
         More scorer options (``--batch-size 1``, ``--in-flight 8``); none: its defaults.
     images : int, optional
         Files in `folder` (counted when None).
+    client_path : path, optional
+        A `client/` folder put first on PYTHONPATH (an earlier commit's scorer, `client_at`);
+        default: the installed package.
 
     Returns
     -------
@@ -147,11 +165,14 @@ def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
     with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
         command = [sys.executable, "-m", "waste_client", "score", str(folder), "--url", urls,
                    "--model", model, "--out", os.path.join(tmp, "out.jsonl"), "--no-progress", *args]
+        env = dict(os.environ)
+        if client_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(client_path), env.get("PYTHONPATH")) if p)
         before = triton_metrics(servers[0].metrics_url)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         with CpuMeter([s._process.pid for s in servers]) as meter:
             start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - start
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = triton_metrics(servers[0].metrics_url)

@@ -123,6 +123,17 @@ def changes_table(m: dict, deltas: dict, sweep_rows: list[Row]) -> list[str]:
         lines.append(f"| the same, 1 in flight (the price of the layout) | p50 up by the classifier's 1- vs 2-thread "
                      f"time (row 1 sweep, batch 1) | p50 {v2_1.percentile_ms(50):.1f} -> {now1.percentile_ms(50):.1f} ms, "
                      f"p95 {v2_1.percentile_ms(95):.1f} -> {now1.percentile_ms(95):.1f} ms |")
+    for before_label, now_label, kind in (("cmd_before", "cmd", "FP32"), ("int8_cmd_before", "int8_cmd", "INT8")):
+        before, now = m.get(before_label), m.get(now_label)
+        if before and now:
+            b_cpu = before.params.get("cpu_ms_per_image", {}).get("scorer command", float("nan"))
+            n_cpu = now.params.get("cpu_ms_per_image", {}).get("scorer command", float("nan"))
+            lines.append(f"| the scorer of 86f4caa (1 photo per request) -> today's (identity, lock, "
+                         f"sources, escaping; several photos per request), {kind}, rows {before.key} -> {now.key} "
+                         f"| no lower (issue 11): the new bookkeeping is per row, batching saves per-request work "
+                         f"| {before.images_per_s:.1f} -> {now.images_per_s:.1f} img/s "
+                         f"({now.images_per_s / before.images_per_s:.2f}x); scorer CPU {b_cpu:.2f} -> {n_cpu:.2f} "
+                         f"ms/image |")
     d_now, d_before = m.get("2d"), m.get("2d0")
     if d_now and d_before:
         lines.append(f"| JPEG draft mode for large photos (decode at the smallest DCT scale keeping >= 224 px; "

@@ -29,7 +29,7 @@ from benchmarks import rows as R
 from benchmarks import runtimes
 from benchmarks import serving_targets as T
 from benchmarks.duplicates import duplicate_job
-from benchmarks.raw_loop import raw_asyncio_loop, scorer_command
+from benchmarks.raw_loop import client_at, raw_asyncio_loop, scorer_command
 from benchmarks.measure import Row, interleaved, machine_description
 from contract import DEFAULT_MODEL, classifier_model, int8_model, is_image_name, tta_model
 from export.model_repository import latest_version, write_repository
@@ -161,7 +161,9 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
         if row.loop == "raw":
             return lambda: raw_asyncio_loop(chosen, model, encoded, row.per_request, row.in_flight, row.key, row.what)
         if row.loop == "command":
-            return lambda: scorer_command(chosen, model, folder, row.key, row.what, row.args, images=len(paths))
+            client = client_at(row.before, tmp) if row.before else None
+            return lambda: scorer_command(chosen, model, folder, row.key, row.what, row.args, images=len(paths),
+                                          client_path=client)
         if row.loop == "duplicates":
             # A fresh salt per row and round: no round may hit entries an earlier one left in the cache.
             rounds = iter(range(10**6))
