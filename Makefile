@@ -78,6 +78,7 @@ evaluate: setup
 # the row is skipped, not the benchmark.
 bench: setup
 	-scripts/ort_openvino_venv.sh .venv-ort-openvino
+	$(PY) -m benchmarks.scorer_defaults
 	$(PY) -m benchmarks.run $(if $(MODEL),--model $(MODEL))
 
 loadtest: setup

@@ -37,6 +37,8 @@ from export.model_repository import latest_version, write_repository
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = REPO_ROOT / "model_repository"
 NOTES = Path(__file__).resolve().parent / "notes.md"
+#: Written by `python -m benchmarks.scorer_defaults` (its own run, dated inside), appended after the notes.
+ENGINES = Path(__file__).resolve().parent / "engines.md"
 #: Name of the classifier in the benchmark's repositories.
 NAME = DEFAULT_MODEL
 
@@ -288,7 +290,7 @@ def main(argv=None) -> int:
              "source": f"folder {args.images}" if args.images else "seeded draw of the test split"}
     doc = report.document(command=command, elapsed=elapsed, machine=machine, setup=setup, rows=rows, m=m,
                           sweeps=sweeps, deltas=deltas, titles=titles, accuracy=accuracy, accuracy16=accuracy16,
-                          notes=NOTES.read_text() if NOTES.is_file() else "")
+                          notes="\n".join(p.read_text() for p in (NOTES, ENGINES) if p.is_file()))
     Path(args.out).write_text(doc)
     print(report.table(rows))
     print()
