@@ -30,8 +30,13 @@ METRIC_KEYS = ("images", "accuracy", "weighted_f1", "macro_f1", "min_recall", "m
 
 
 def publish(onnx_path: Path, repo: Path, name: str, record: dict, classes=None) -> Path:
-    """Write the configs, then publish `onnx_path` as the next version (atomically); return the model file."""
-    from export.model_repository import MODEL_FILE, classifier_model_name, publish_version, write_model_configs
+    """Write the configs, then publish `onnx_path` as the next version (atomically); return the model file.
+
+    The ensembles' configs are written again afterwards: they carry the `unsure_threshold` of the
+    version they serve, which is now this one.
+    """
+    from export.model_repository import (MODEL_FILE, classifier_model_name, publish_version, write_ensemble_configs,
+                                         write_model_configs)
     from training.labels import CLASSES
 
     classes = tuple(classes or CLASSES)
@@ -39,6 +44,7 @@ def publish(onnx_path: Path, repo: Path, name: str, record: dict, classes=None) 
     record = {**record, "name": name, "classes": list(classes),
               "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     version_dir = publish_version(repo / classifier_model_name(name), {MODEL_FILE: onnx_path}, record=record)
+    write_ensemble_configs(repo, name, classes=classes)
     return version_dir / MODEL_FILE
 
 

@@ -19,7 +19,7 @@ from contract import (CHANNELS, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, DEFAULT_MOD
                       ENSEMBLE_OUTPUT, INPUT_SIZE, LABELS_FILE, MAX_BATCH_SIZE, NUM_CLASSES,
                       PREPROCESS_INPUT, PREPROCESS_MODEL, PREPROCESS_OUTPUT, TTA_FLIP_INPUT,
                       TTA_FLIP_MODEL, TTA_FLIP_OUTPUT, TTA_MEAN_INPUTS, TTA_MEAN_MODEL,
-                      TTA_MEAN_OUTPUT, classifier_model, tta_model)
+                      TTA_MEAN_OUTPUT, UNSURE_THRESHOLD, classifier_model, tta_model)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 #: Classifier backends (Serving.backend); both read `<version>/model.onnx`.
@@ -168,7 +168,8 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, *, num_classes: 
 
 
 def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
-                    response_cache: bool = True, num_classes: int = NUM_CLASSES) -> str:
+                    response_cache: bool = True, num_classes: int = NUM_CLASSES,
+                    unsure: tuple[float, str] | None = None) -> str:
     """config.pbtxt text of the ensemble ``<name>`` (tta=False) or ``<name>_tta`` (tta=True).
 
     Parameters
@@ -185,6 +186,10 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
         the server runs with ``--cache-config``, so on by default.
     num_classes : int
         Length of the probability output.
+    unsure : (float, str), optional
+        The "not sure" threshold of the classifier version the ensemble serves and the export
+        record holding it (``"effnet_lite0_classifier/2/export.json"``), written as the string
+        parameter ``unsure_threshold`` that clients read; None writes no parameter.
 
     Returns
     -------
@@ -222,6 +227,8 @@ def ensemble_config(name: str, *, tta: bool = False, max_batch_size: int = MAX_B
                  "# Lets clients ask the ensemble itself for classification (score:index:label)."),
         f"ensemble_scheduling {{\n  step [\n{step_text}\n  ]\n}}",
     ]
+    if unsure is not None:
+        parts.append(_unsure_parameter(*unsure, tta=tta))
     if response_cache:
         parts.append("# A request hashing like an earlier one (the same photo bytes in the same batch) is answered\n"
                      "# from Triton's response cache without running a step; inert unless the server runs with\n"
@@ -370,6 +377,20 @@ def _openvino_parameters(s: Serving) -> str:
     return ("# Triton's OpenVINO backend keys (NVIDIA's container and our stand-in alike). HINT_BF16:\n"
             "# bfloat16 where the CPU has AVX512_BF16 or AMX; OpenVINO keeps float32 elsewhere.\n"
             f"parameters [\n{entries}\n]")
+
+
+def _unsure_parameter(threshold: float, record: str, tta: bool) -> str:
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{UNSURE_THRESHOLD} {threshold} in {record} is not a probability")
+    lines = ["# Clients say \"not sure\" below this top probability (waste_client's default; a caller may",
+             f"# override it). It is `{UNSURE_THRESHOLD}` of {record}: the highest",
+             "# version, which the steps run (model_version -1)."]
+    if tta:
+        lines.append("# Chosen on the classifier's own probabilities, not on this ensemble's two-view mean.")
+    # repr: the exact float of the record, so a client decides every photo as the export measured it.
+    lines += ["parameters {", f'  key: "{UNSURE_THRESHOLD}"', f'  value: {{ string_value: "{threshold!r}" }}', "}"]
+    return "\n".join(lines)
 
 
 def _cache(s: Serving) -> list[str]:

@@ -11,6 +11,10 @@ For a classifier `name` a repository holds:
 - `<name>/config.pbtxt` + `labels.txt` + `1/`       ensemble preprocess -> classifier
 - `<name>_tta/config.pbtxt` + `labels.txt` + `1/`   ensemble preprocess -> (image, tta_flip) -> classifier x2 -> tta_mean
 
+The ensembles' configs carry the `unsure_threshold` of the export record of the classifier version
+they serve (the highest), so the configs are a function of the version directories too: publishing
+a version or recording a threshold rewrites them (`refresh_ensemble_configs`).
+
 plus the shared models `preprocess`, `tta_flip`, `tta_mean`, whose code (`1/*.py`) is copied from
 the committed repository. A version directory is published atomically (`publish_version`):
 written beside the model under a name Triton ignores, then renamed into place.
@@ -36,7 +40,7 @@ import numpy as np
 
 from contract import (CLASSES, CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, EXPORT_RECORD, INPUT_SIZE,
                       LABELS_FILE, PREPROCESS_MODEL, SHARED_MODELS, TTA_FLIP_MODEL, TTA_MEAN_MODEL,
-                      classifier_model, tta_model)
+                      UNSURE_THRESHOLD, classifier_model, tta_model)
 from contract import file_sha256 as sha256
 from export.model_configs import (BACKENDS, CLASSIFIER, Serving, check_name, classifier_config, ensemble_config,
                                   preprocess_config, tta_flip_config, tta_mean_config)
@@ -52,8 +56,9 @@ RECORD_FILE = EXPORT_RECORD
 __all__ = [
     "COMMITTED", "MODEL_FILE", "RECORD_FILE", "Serving", "build_dev_classifier", "classifier_config",
     "classifier_model_name", "ensemble_config", "latest_version", "next_version", "publish_version",
-    "sha256", "write_classifier_config", "write_dev_classifier", "write_ensemble_configs", "write_labels",
-    "write_model_configs", "write_repository", "write_shared_models",
+    "refresh_ensemble_configs", "served_unsure_threshold", "sha256", "write_classifier_config",
+    "write_dev_classifier", "write_ensemble_configs", "write_labels", "write_model_configs",
+    "write_repository", "write_shared_models",
 ]
 
 
@@ -88,17 +93,70 @@ def write_classifier_config(repo_dir, name: str, *, classes=CLASSES, **options) 
                          classifier_config(name, num_classes=len(classes), **options), True, classes)
 
 
+def served_unsure_threshold(repo_dir, name: str) -> tuple[float, str] | None:
+    """The "not sure" threshold of the classifier version `name`'s ensembles serve, and where it is recorded.
+
+    The ensembles' steps ask for no particular version (``model_version: -1``), so Triton runs the
+    highest version of `<name>_classifier`: the threshold is the `unsure_threshold` of that
+    version's `export.json`.
+
+    Parameters
+    ----------
+    repo_dir : path
+    name : str
+        The classifier's ensemble name.
+
+    Returns
+    -------
+    (float, str) or None
+        The threshold and the record's path inside the repository
+        (``"effnet_lite0_classifier/2/export.json"``); None when there is no version yet, the
+        version has no record, or the record no threshold.
+    """
+    try:
+        version_dir = latest_version(Path(repo_dir) / classifier_model(name)).parent
+    except FileNotFoundError:
+        return None
+    record = version_dir / RECORD_FILE
+    if not record.is_file():
+        return None
+    threshold = json.loads(record.read_text()).get(UNSURE_THRESHOLD)
+    if threshold is None:
+        return None
+    return float(threshold), f"{classifier_model(name)}/{version_dir.name}/{RECORD_FILE}"
+
+
 def write_ensemble_configs(repo_dir, name: str, *, response_cache: bool = True, classes=CLASSES) -> list[Path]:
-    """Write the ensembles `<name>` and `<name>_tta` (config, labels of `classes`, empty `1/`); return their dirs."""
+    """Write the ensembles `<name>` and `<name>_tta` (config, labels of `classes`, empty `1/`); return their dirs.
+
+    Their configs carry the served classifier version's threshold (`served_unsure_threshold`).
+    """
     dirs = []
+    unsure = served_unsure_threshold(repo_dir, name)
     for tta in (False, True):
         model_dir = Path(repo_dir) / (tta_model(name) if tta else name)
         # Triton needs a version directory even for an ensemble; `.gitkeep` lets git carry it.
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
         (model_dir / "1" / ".gitkeep").touch()
         dirs.append(_write_config(model_dir, ensemble_config(name, tta=tta, response_cache=response_cache,
-                                                             num_classes=len(classes)), True, classes))
+                                                             num_classes=len(classes), unsure=unsure),
+                                  True, classes))
     return dirs
+
+
+def refresh_ensemble_configs(repo_dir, name: str) -> list[Path]:
+    """Rewrite `name`'s ensemble configs after its served version changed (published, or given a threshold).
+
+    The classes are kept from the classifier's `labels.txt` (a run's own classes stay).
+
+    Returns
+    -------
+    list of Path
+        The two ensembles' directories.
+    """
+    labels = Path(repo_dir) / classifier_model(name) / LABELS_FILE
+    classes = tuple(labels.read_text().split()) if labels.is_file() else CLASSES
+    return write_ensemble_configs(repo_dir, name, classes=classes)
 
 
 def write_model_configs(repo_dir, name: str, *, ensemble: Mapping | None = None, classes=CLASSES,
@@ -258,7 +316,8 @@ def _fsync_tree(directory: Path) -> None:
 def write_repository(dest, classifiers: Mapping[str, object] | None = None, *, dev: Iterable[str] = (),
                      source=COMMITTED, classifier: Mapping | None = None, ensemble: Mapping | None = None,
                      preprocess: Mapping | None = None, tta_flip: Mapping | None = None,
-                     tta_mean: Mapping | None = None, common: Mapping | None = None) -> Path:
+                     tta_mean: Mapping | None = None, common: Mapping | None = None,
+                     records: Mapping[str, Mapping] | None = None) -> Path:
     """Write a complete servable repository into `dest`; return `dest`.
 
     Parameters
@@ -276,6 +335,10 @@ def write_repository(dest, classifiers: Mapping[str, object] | None = None, *, d
     common : mapping, optional
         Options applied to every model that has them, under the per-kind ones
         (``{"max_queue_size": 8}``, ``{"batching": False}``, ``{"response_cache": True}``).
+    records : mapping, optional
+        Ensemble name -> export record written as `export.json` of its version 1, e.g.
+        ``{"dev": {"unsure_threshold": 0.5}}``: a dev model with a "not sure" threshold, which its
+        ensembles' configs then carry like a real export's.
 
     Returns
     -------
@@ -289,16 +352,22 @@ def write_repository(dest, classifiers: Mapping[str, object] | None = None, *, d
         base = common if accepts_all else {k: v for k, v in common.items() if k in names}
         return {**base, **dict(options or {})}
 
-    ensemble_names = set(inspect.signature(ensemble_config).parameters) - {"name", "tta"}
+    # `unsure` comes from the version's export record, never from an option.
+    ensemble_names = set(inspect.signature(ensemble_config).parameters) - {"name", "tta", "unsure"}
     write_shared_models(dest, source=source, preprocess=merged(preprocess), tta_flip=merged(tta_flip),
                         tta_mean=merged(tta_mean))
     models = dict(classifiers or {})
     for name in dev:
         check_name(name)
         models[name] = None
+    unknown = sorted(set(records or {}) - set(models))
+    if unknown:
+        raise ValueError(f"records for {unknown}, which this repository does not serve")
     for name, onnx_path in models.items():
         content = build_dev_classifier().SerializeToString() if onnx_path is None else Path(onnx_path)
-        publish_version(dest / classifier_model(name), {MODEL_FILE: content}, version=1)
+        record = (records or {}).get(name)
+        publish_version(dest / classifier_model(name), {MODEL_FILE: content}, version=1,
+                        record=None if record is None else dict(record))
         write_model_configs(dest, name, ensemble=merged(ensemble, False, ensemble_names), **merged(classifier))
     return dest
 

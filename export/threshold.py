@@ -5,8 +5,10 @@
 The threshold is the highest top-probability that still answers `coverage` of the validation
 photos (training/selective.py). Then, with it fixed, the test split's coverage and selective
 accuracy and the share of generated non-waste pictures (training/nonwaste.py) answered "not sure"
-are measured. export.json gets `unsure_threshold` and an `unsure` record; the client reads the
-threshold from there (a caller may override it). The ONNX file is not touched, so its sha256 holds.
+are measured. export.json gets `unsure_threshold` and an `unsure` record; when the version lies in a
+model repository, its ensembles' configs are written again so that they carry the threshold
+(export/model_repository.py), and clients read it from the served config (a caller may override
+it). The ONNX file is not touched, so its sha256 holds.
 `--out` also gets the risk-coverage curve (risk_coverage.png) of validation and test.
 """
 from __future__ import annotations
@@ -56,7 +58,18 @@ def choose_and_record(version_dir: Path, splits: dict, coverage: float = 0.95, n
     tmp = path.with_name(".export.json.tmp")
     tmp.write_text(json.dumps(export, indent=2) + "\n")
     os.replace(tmp, path)
+    _refresh_configs(version_dir)
     return record
+
+
+def _refresh_configs(version_dir: Path) -> None:
+    """Rewrite the ensemble configs of the repository `version_dir` lies in (none: a loose version)."""
+    from contract import CLASSIFIER_SUFFIX
+    from export.model_repository import refresh_ensemble_configs
+
+    model_dir = Path(version_dir).resolve().parent
+    if model_dir.name.endswith(CLASSIFIER_SUFFIX) and (model_dir / "config.pbtxt").is_file():
+        refresh_ensemble_configs(model_dir.parent, model_dir.name[: -len(CLASSIFIER_SUFFIX)])
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Shared fixtures: servers (`dev_server`, `prod_server`, `s3_server`) and `ctrl_c_popen`."""
+"""Shared fixtures: servers (`dev_server`, `unsure_server`, `prod_server`, `s3_server`) and `ctrl_c_popen`."""
 from __future__ import annotations
 
 import signal
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contract import DEFAULT_MODEL, classifier_model
+from contract import DEFAULT_MODEL, UNSURE_THRESHOLD, classifier_model
 from export.model_repository import write_repository
 from server.launch import TritonServer
 
@@ -24,6 +24,22 @@ def dev_server(tmp_path_factory):
     accuracy. The repository is a temporary copy: the committed one is never written to.
     """
     repo = write_repository(tmp_path_factory.mktemp("dev_model_repository"), dev=["dev"])
+    with TritonServer(repo) as server:
+        yield server
+
+
+#: The "not sure" threshold recorded for `unsure_server`'s dev classifier. Its top scores on
+#: samples/garbage12 run from 0.15 to 0.79 with none between 0.49 and 0.57, so photos fall on both
+#: sides of 0.5 and a rounding of the scores cannot move one across.
+DEV_UNSURE_THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="session")
+def unsure_server(tmp_path_factory):
+    """A running TritonServer whose `dev` (the same random weights as `dev_server`'s) has an export
+    record with `unsure_threshold` DEV_UNSURE_THRESHOLD, written by the one writer like a real export's."""
+    repo = write_repository(tmp_path_factory.mktemp("unsure_model_repository"), dev=["dev"],
+                            records={"dev": {UNSURE_THRESHOLD: DEV_UNSURE_THRESHOLD}})
     with TritonServer(repo) as server:
         yield server
 

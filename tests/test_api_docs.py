@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from contract import (CLASSES, DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, MAX_BATCH_SIZE,
-                      NUM_CLASSES)
+from contract import (CLASSES, DEFAULT_MODEL, ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, EXPORT_RECORD, MAX_BATCH_SIZE,
+                      NUM_CLASSES, UNSURE_THRESHOLD, classifier_model)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 API_DOC = REPO_ROOT / "docs" / "API.md"
@@ -64,6 +64,14 @@ def check_model_metadata(out: str) -> None:
 
 def check_model_config(out: str) -> None:
     assert out.strip() == f'"max_batch_size":{MAX_BATCH_SIZE}'
+
+
+def check_unsure_threshold(out: str) -> None:
+    from export.model_repository import latest_version
+
+    record = latest_version(REPO_ROOT / "model_repository" / classifier_model(DEFAULT_MODEL)).parent / EXPORT_RECORD
+    (match,) = re.findall(r'^"unsure_threshold":\{"string_value":"([0-9.]+)"\}$', out.strip())
+    assert float(match) == json.loads(record.read_text())[UNSURE_THRESHOLD]
 
 
 def check_classify(out: str) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from waste_client import AsyncClassifier, Classifier, ClassifierError, Prediction, RetryPolicy
+from waste_client import AsyncClassifier, Classifier, ClassifierError, ClientSettings, Prediction, RetryPolicy
 from waste_client._errors import normalize_status, to_classifier_error
 from waste_client._prediction import parse_class_entry, parse_classification
-from waste_client._request import normalize_urls, read_input, ready_models
+from waste_client._request import config_threshold, normalize_urls, read_input, ready_models
 from waste_client._retry import UrlPool, call_with_retry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,45 @@ def test_parse_classification_sorts_best_first():
         p.label = "other"  # frozen
 
 
+def test_unsure_is_the_score_below_the_threshold_and_the_label_stays():
+    entries = [b"0.45:7:paper", b"0.40:3:cardboard"]
+    unsure = parse_classification(entries, "dev", "1", threshold=0.5)
+    assert (unsure.label, unsure.unsure, unsure.threshold) == ("paper", True, 0.5)  # the caller decides
+    sure = parse_classification(entries, "dev", "1", threshold=0.45)  # equal to it is sure
+    assert (sure.unsure, sure.threshold) == (False, 0.45)
+    none = parse_classification(entries, "dev", "1")
+    assert (none.unsure, none.threshold) == (False, None)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("model", "model"), ("MODEL", "model"), ("none", "none"), ("Off", "none"), ("0.25", 0.25), (" 1 ", 1.0),
+    (0.9999, 0.9999), (0, 0.0),
+])
+def test_unsure_threshold_setting(value, expected, monkeypatch):
+    assert ClientSettings(unsure_threshold=value).unsure_threshold == expected
+    monkeypatch.setenv("WASTE_UNSURE_THRESHOLD", str(value))
+    assert ClientSettings.from_env().unsure_threshold == expected
+    assert ClientSettings().unsure_threshold == "model"  # the default
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "sure", True, None])
+def test_unsure_threshold_setting_refuses_what_is_not_a_probability(value):
+    with pytest.raises(ClassifierError) as info:
+        ClientSettings(unsure_threshold=value)
+    assert info.value.status == "INVALID_ARGUMENT"
+
+
+def test_threshold_is_read_from_either_protocols_config():
+    grpc_json = {"config": {"name": "m", "parameters": {"unsure_threshold": {"string_value": "0.773"}}}}
+    http_json = {"name": "m", "parameters": {"unsure_threshold": {"string_value": "0.773"}}}
+    assert config_threshold(grpc_json, "m") == config_threshold(http_json, "m") == 0.773
+    assert config_threshold({"config": {"name": "m"}}, "m") is None
+    assert config_threshold({"name": "m", "parameters": {"other": {"string_value": "1"}}}, "m") is None
+    # A broken parameter must not stop classification: no threshold, and a warning.
+    assert config_threshold({"parameters": {"unsure_threshold": {"string_value": "high"}}}, "m") is None
+    assert config_threshold({"parameters": {"unsure_threshold": {"string_value": "7"}}}, "m") is None
+
+
 @pytest.mark.parametrize("raw, expected", [
     ("StatusCode.UNAVAILABLE", "UNAVAILABLE"), ("StatusCode.INVALID_ARGUMENT", "INVALID_ARGUMENT"),
     ("400", "INVALID_ARGUMENT"), ("404", "NOT_FOUND"), ("502", "UNAVAILABLE"), ("503", "UNAVAILABLE"),
@@ -75,6 +114,10 @@ def test_normalize_status(raw, expected):
     (InferenceServerException("gateway timeout", "504"), "DEADLINE_EXCEEDED", True),
     (InferenceServerException("no key", "401"), "UNAUTHENTICATED", False),
     (InferenceServerException("wrong key", "403"), "PERMISSION_DENIED", False),
+    # docker/serve.sh restricts the model-config API; Triton's gRPC refuses that as UNAVAILABLE.
+    (InferenceServerException("This protocol is restricted, expecting header "
+                              "'triton-grpc-protocol-triton-admin-key'", "StatusCode.UNAVAILABLE"),
+     "PERMISSION_DENIED", False),
     (ValueError("boom"), "INTERNAL", False),
 ])
 def test_error_translation_and_transience(exc, status, transient):
@@ -345,3 +388,143 @@ def test_two_servers_share_the_requests_and_one_covers_when_the_other_freezes_or
         except ProcessLookupError:
             pass
         second.stop()
+
+
+# -- "not sure": the model's threshold, through the real server -----------------------------------
+
+def _recorded_threshold(server) -> float:
+    """`unsure_threshold` of the export.json of the version the server's `dev` ensembles run."""
+    import json
+
+    return json.loads((server.model_repository / "dev_classifier" / "1" / "export.json").read_text())[
+        "unsure_threshold"]
+
+
+ALL_SAMPLES = sorted((SAMPLES / "garbage12").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_served_config_carries_the_export_records_threshold(unsure_server, dev_server, protocol):
+    import tritonclient.grpc
+    import tritonclient.http
+
+    module = tritonclient.grpc if protocol == "grpc" else tritonclient.http
+    recorded = _recorded_threshold(unsure_server)
+    for server, expected in ((unsure_server, recorded), (dev_server, None)):
+        client = module.InferenceServerClient(_url(server, protocol))
+        try:
+            for model in ("dev", "dev_tta"):
+                config = client.get_model_config(model, **({"as_json": True} if protocol == "grpc" else {}))
+                config = config.get("config", config)
+                parameter = config.get("parameters", {}).get("unsure_threshold")
+                value = None if parameter is None else float(parameter["string_value"])
+                assert value == expected, (server.model_repository, model)
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_predictions_carry_the_models_threshold(unsure_server, protocol):
+    threshold = _recorded_threshold(unsure_server)
+    with Classifier(_url(unsure_server, protocol), protocol, model="dev") as clf:
+        assert clf.unsure_threshold() == threshold
+        predictions = clf.classify_batch(ALL_SAMPLES, top_k=3)
+    assert all(isinstance(p, Prediction) for p in predictions)
+    assert {p.threshold for p in predictions} == {threshold}
+    assert all(p.unsure == (p.score < threshold) for p in predictions)
+    # The photos lie on both sides of it, so a client that ignored the threshold would fail here.
+    assert 0 < sum(p.unsure for p in predictions) < len(predictions)
+    assert all(p.label == p.top_k[0][0] for p in predictions)  # the label stays the top class
+
+    async def twin():
+        async with AsyncClassifier(_url(unsure_server, protocol), protocol, model="dev") as aclf:
+            return await aclf.unsure_threshold(), await aclf.classify_batch(ALL_SAMPLES, top_k=3)
+
+    async_threshold, async_predictions = asyncio.run(twin())
+    assert async_threshold == threshold
+    assert [(p.unsure, p.threshold) for p in async_predictions] == [(p.unsure, p.threshold) for p in predictions]
+
+
+def test_the_tta_ensemble_carries_the_same_threshold(unsure_server):
+    threshold = _recorded_threshold(unsure_server)
+    with Classifier(unsure_server.grpc_url, model="dev_tta") as clf:
+        predictions = clf.classify_batch(ALL_SAMPLES[:8])
+    assert {p.threshold for p in predictions} == {threshold}
+    assert all(p.unsure == (p.score < threshold) for p in predictions)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_set_threshold_overrides_the_models_and_none_turns_it_off(unsure_server, dev_server, protocol,
+                                                                     monkeypatch):
+    url = _url(unsure_server, protocol)
+    with Classifier(url, protocol, model="dev", unsure_threshold=0.9999) as clf:
+        strict = clf.classify_batch(ALL_SAMPLES[:6])
+    assert all(p.unsure and p.threshold == 0.9999 for p in strict)
+    with Classifier(url, protocol, model="dev", unsure_threshold="none") as clf:
+        off = clf.classify_batch(ALL_SAMPLES[:6])
+        assert clf.unsure_threshold() is None
+    assert all(not p.unsure and p.threshold is None for p in off)
+    monkeypatch.setenv("WASTE_UNSURE_THRESHOLD", "off")
+    with Classifier(url, protocol, model="dev") as clf:
+        assert not clf.classify(ALL_SAMPLES[0]).unsure and clf.unsure_threshold() is None
+    monkeypatch.delenv("WASTE_UNSURE_THRESHOLD")
+    # A model whose config has no threshold: none applies, nothing is unsure.
+    with Classifier(_url(dev_server, protocol), protocol, model="dev") as clf:
+        plain = clf.classify_batch(ALL_SAMPLES[:6])
+    assert all(not p.unsure and p.threshold is None for p in plain)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_threshold_is_read_once_per_model(unsure_server, protocol, monkeypatch):
+    import tritonclient.grpc
+    import tritonclient.grpc.aio
+    import tritonclient.http
+    import tritonclient.http.aio
+
+    reads = []
+    for module in ((tritonclient.grpc, tritonclient.grpc.aio) if protocol == "grpc"
+                   else (tritonclient.http, tritonclient.http.aio)):
+        cls = module.InferenceServerClient
+        original = cls.get_model_config
+
+        def counting(self, name, *args, _original=original, **kwargs):
+            reads.append(name)
+            return _original(self, name, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "get_model_config", counting)
+    url = _url(unsure_server, protocol)
+    with Classifier(url, protocol, model="dev", concurrency=4) as clf:
+        assert all(r.ok for r in clf.classify_many(ALL_SAMPLES[:12], max_in_flight=4))
+        clf.classify(ALL_SAMPLES[0])
+    assert reads == ["dev"]
+
+    async def twin():
+        async with AsyncClassifier(url, protocol, model="dev") as aclf:
+            return [r async for r in aclf.classify_many(ALL_SAMPLES[:12], max_in_flight=4)]
+
+    assert all(r.ok and r.prediction.threshold is not None for r in asyncio.run(twin()))
+    assert reads == ["dev", "dev"]  # one more: the asyncio classifier's own read
+
+
+@pytest.fixture(scope="module")
+def restricted_server(unsure_server):
+    """`unsure_server`'s repository served with the model-config API restricted, as docker/serve.sh does."""
+    from server.launch import TritonServer
+
+    restricted = ("--http-restricted-api=model-config:triton-admin-key=secret",
+                  "--grpc-restricted-protocol=model-config:triton-admin-key=secret")
+    with TritonServer(unsure_server.model_repository, extra_args=restricted) as server:
+        yield server
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_refused_config_leaves_no_threshold_without_retrying(restricted_server, protocol, caplog):
+    """The production image refuses config reads: classification goes on without a threshold (said
+    once at WARNING), and the refusal is not retried like an outage (gRPC reports it UNAVAILABLE)."""
+    with Classifier(_url(restricted_server, protocol), protocol, model="dev", retries=5) as clf:
+        with caplog.at_level("WARNING"):
+            predictions = clf.classify_batch(ALL_SAMPLES[:4]) + [clf.classify(ALL_SAMPLES[0])]
+    assert all(isinstance(p, Prediction) and not p.unsure and p.threshold is None for p in predictions)
+    refused = [r for r in caplog.records if "not sure" in r.getMessage()]
+    assert len(refused) == 1 and "PERMISSION_DENIED" in refused[0].getMessage()
+    assert not [r for r in caplog.records if r.name == "waste_client._retry"]

@@ -31,6 +31,11 @@ def test_committed_configs_are_what_the_writer_writes(tmp_path):
     for name in [*contract.SHARED_MODELS, *(contract.classifier_model(n) for n in committed_classifiers())]:
         (copy / name).mkdir(parents=True)
         (copy / name / "config.pbtxt").write_text("stale")
+    # The versions' export records, without their model files: the ensembles' thresholds come from them.
+    for record in COMMITTED.glob(f"*/*/{RECORD_FILE}"):
+        target = copy / record.relative_to(COMMITTED)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(record.read_bytes())
     write_committed_configs(copy)
     committed = {k: v for k, v in _tree(COMMITTED).items() if not k.endswith(".gitkeep")}
     written = {k: v for k, v in _tree(copy).items() if not k.endswith(".gitkeep")}
@@ -176,3 +181,73 @@ def test_the_gpu_image_gets_its_device_from_the_writer_not_a_text_patch(tmp_path
     for name in contract.SHARED_MODELS:  # Python models stay where Pillow runs
         config = _parse((copy / name / "config.pbtxt").read_text())
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+def _unsure_parameter(path: Path):
+    parameters = _parse(path.read_text()).parameters
+    return parameters[contract.UNSURE_THRESHOLD].string_value if contract.UNSURE_THRESHOLD in parameters else None
+
+
+def test_committed_ensembles_carry_the_served_versions_threshold():
+    """Every ensemble a client calls has the `unsure_threshold` of the export.json of the highest
+    classifier version (the one its steps run), to the last digit; no other model has one."""
+    from export.model_repository import latest_version
+
+    checked = 0
+    for name in committed_classifiers():
+        record = json.loads((latest_version(COMMITTED / contract.classifier_model(name)).parent
+                             / RECORD_FILE).read_text())
+        for ensemble in (name, contract.tta_model(name)):
+            config = COMMITTED / ensemble / "config.pbtxt"
+            value = _unsure_parameter(config)
+            assert value is not None and float(value) == record[contract.UNSURE_THRESHOLD], config
+            checked += 1
+        assert _unsure_parameter(COMMITTED / contract.classifier_model(name) / "config.pbtxt") is None
+    assert checked >= 4
+    for name in contract.SHARED_MODELS:
+        assert _unsure_parameter(COMMITTED / name / "config.pbtxt") is None
+
+
+def test_a_dev_repository_gets_its_records_threshold_and_none_without(tmp_path):
+    repo = write_repository(tmp_path / "repo", dev=["sure", "plain"], records={"sure": {"unsure_threshold": 0.625}})
+    version = repo / "sure_classifier" / "1"
+    record = json.loads((version / RECORD_FILE).read_text())
+    assert record["unsure_threshold"] == 0.625 and record["sha256"] == sha256(version / MODEL_FILE)
+    for ensemble in ("sure", "sure_tta"):
+        text = (repo / ensemble / "config.pbtxt").read_text()
+        assert _unsure_parameter(repo / ensemble / "config.pbtxt") == "0.625"
+        assert "sure_classifier/1/export.json" in text  # the comment names the record
+    for model in ("plain", "plain_tta", "sure_classifier"):
+        assert _unsure_parameter(repo / model / "config.pbtxt") is None, model
+    with pytest.raises(ValueError, match="other"):
+        write_repository(tmp_path / "bad", dev=["dev"], records={"other": {}})
+
+
+def test_publishing_moves_the_threshold_to_the_new_version(tmp_path):
+    """`python -m export`'s publish: the ensembles follow the version they now serve."""
+    from export.__main__ import publish
+    from export.model_repository import build_dev_classifier
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(build_dev_classifier().SerializeToString())
+    repo = tmp_path / "repo"
+    publish(onnx, repo, "m", {"unsure_threshold": 0.4})
+    assert _unsure_parameter(repo / "m" / "config.pbtxt") == "0.4"
+    publish(onnx, repo, "m", {"unsure_threshold": 0.7729834318161011})
+    assert _unsure_parameter(repo / "m_tta" / "config.pbtxt") == "0.7729834318161011"
+    assert "m_classifier/2/export.json" in (repo / "m" / "config.pbtxt").read_text()
+    publish(onnx, repo, "m", {})  # a version without a threshold (--no-calibrate): none is served
+    assert _unsure_parameter(repo / "m" / "config.pbtxt") is None
+
+
+def test_recording_a_threshold_rewrites_the_ensembles(tmp_path):
+    """`python -m export.threshold VERSION_DIR` on a version in a repository leaves its configs current."""
+    from export.threshold import choose_and_record
+
+    repo = write_repository(tmp_path / "repo", dev=["dev"], records={"dev": {}})
+    assert _unsure_parameter(repo / "dev" / "config.pbtxt") is None
+    photos = sorted((COMMITTED.parent / "samples" / "garbage12").glob("*/*.jpg"))
+    items = [(str(p), contract.CLASSES.index(p.parent.name)) for p in photos]
+    record = choose_and_record(repo / "dev_classifier" / "1", {"val": items[::2], "test": items[1::2]}, 0.9, 0)
+    for ensemble in ("dev", "dev_tta"):
+        assert float(_unsure_parameter(repo / ensemble / "config.pbtxt")) == record["threshold"]

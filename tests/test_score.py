@@ -321,9 +321,89 @@ def test_min_score_writes_unsure(dev_server, tmp_path, capsys):
     assert _score(dev_server, tmp_path / "p", out, "--min-score", "0.999", "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["unsure"] == 6 and summary["labels"] == {"unsure": 6}
+    assert (summary["min_score"], summary["min_score_from"]) == (0.999, "--min-score")
     rows = read_results(str(out))
     assert {r["label"] for r in rows} == {"unsure"} and all(len(r["top_k"]) == 3 for r in rows)
     assert len(rows) == len(paths)
+    # `dev_server`'s model records no threshold: by default nothing is unsure, and the header says none.
+    assert _score(dev_server, tmp_path / "p", tmp_path / "plain.jsonl", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["unsure"], summary["min_score"], summary["min_score_from"]) == (0, None, "model")
+    assert _header_of(tmp_path / "plain.jsonl")["min_score"] is None
+
+
+def _header_of(out: Path) -> dict:
+    first = out.read_text().splitlines()[0]
+    return json.loads(first.split(" ", 2)[-1] if out.suffix == ".csv" else first)
+
+
+def _recorded_threshold(server) -> float:
+    return json.loads((server.model_repository / "dev_classifier" / "1" / "export.json").read_text())[
+        "unsure_threshold"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_the_models_threshold_is_the_default_min_score(unsure_server, tmp_path, ext, capsys, monkeypatch):
+    threshold = _recorded_threshold(unsure_server)
+    out = tmp_path / f"r.{ext}"
+    source = SAMPLES / "garbage12"
+    assert _score(unsure_server, source, out, "--json", "--no-labels-report") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["min_score"], summary["min_score_from"]) == (threshold, "model")
+    assert _header_of(out)["min_score"] == threshold
+    rows = read_results(str(out))
+    assert len(rows) == len(GOOD)
+    for r in rows:
+        assert (r["label"] == "unsure") == (float(r["score"]) < threshold), r
+        assert r["top_k"][0][0] in LABELS  # the class stays in the row
+    unsure = sum(r["label"] == "unsure" for r in rows)
+    assert 0 < unsure < len(rows) and summary["unsure"] == unsure
+
+    # Resuming with another threshold is refused, like any other change of the job.
+    assert _score(unsure_server, source, out, "--min-score", "0.3") == 2
+    err = capsys.readouterr().err
+    assert f"min_score {threshold!r} there, 0.3 now" in err and "--min-score sets it" in err
+
+    # --min-score 0: no threshold at all, no unsure row, and the header says none.
+    off = tmp_path / f"off.{ext}"
+    assert _score(unsure_server, source, off, "--min-score", "0", "--json", "--no-labels-report") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["unsure"], summary["min_score"], summary["min_score_from"]) == (0, None, "--min-score")
+    assert _header_of(off)["min_score"] is None
+    assert all(r["label"] in LABELS for r in read_results(str(off)))
+
+    # The text summary names the threshold and its origin; the environment can set it too.
+    few = tmp_path / "few"
+    _photos(few, 3)
+    assert _score(unsure_server, few, tmp_path / f"t.{ext}") == 0
+    assert f'"unsure" threshold: {threshold:.4g} (from: model)' in capsys.readouterr().out
+    monkeypatch.setenv("WASTE_UNSURE_THRESHOLD", "0.9999")
+    assert _score(unsure_server, few, tmp_path / f"env.{ext}", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["unsure"], summary["min_score"], summary["min_score_from"]) == (3, 0.9999,
+                                                                                    "WASTE_UNSURE_THRESHOLD")
+
+
+def test_score_folder_applies_the_classifiers_threshold(unsure_server, tmp_path):
+    threshold = _recorded_threshold(unsure_server)
+    with Classifier(unsure_server.grpc_url, model="dev") as clf:
+        summary = score_folder(str(SAMPLES / "garbage12"), clf, str(tmp_path / "r.jsonl"), progress=False,
+                               labels_from_folders=False)
+    assert (summary.min_score, summary.min_score_from) == (threshold, "model")
+    rows = read_results(str(tmp_path / "r.jsonl"))
+    assert summary.unsure == sum(float(r["score"]) < threshold for r in rows) > 0
+
+
+def test_ray_columns_keep_unsure_and_threshold():
+    """What an actor sends back to the driver keeps the prediction's verdict (no Ray needed)."""
+    from waste_client._ray import _from_columns, _to_columns
+
+    pairs = [("/a.jpg", Prediction("paper", 0.4, [("paper", 0.4)], "dev", "1", "/a.jpg", True, 0.5)),
+             ("/b.jpg", Prediction("paper", 0.9, [("paper", 0.9)], "dev", "1", "/b.jpg")),
+             ("/c.jpg", ClassifierError("not an image", "INVALID_ARGUMENT"))]
+    back = dict(_from_columns(_to_columns(pairs)))
+    assert back["/a.jpg"] == pairs[0][1] and back["/b.jpg"] == pairs[1][1]
+    assert back["/c.jpg"].status == "INVALID_ARGUMENT"
 
 
 def test_labelled_folder_report(dev_server, tmp_path, capsys):
@@ -397,8 +477,10 @@ def test_rerun_after_outage_retries_only_transient_rows(dev_server, tmp_path):
         f.truncate(40 * 1024 * 1024)  # over the size limit: a permanent error, never sent
     out = tmp_path / "r.jsonl"
     # The outage: nothing listens on the server's address (connection refused, no retries left).
+    # min_score is given: by default score_folder first reads the model's threshold, which a
+    # server that is down cannot give (the command line waits for the server instead).
     with Classifier("127.0.0.1:1", model="dev", retries=0, timeout=2) as down:
-        summary = score_folder(str(tmp_path / "p"), down, str(out), progress=False)
+        summary = score_folder(str(tmp_path / "p"), down, str(out), progress=False, min_score=None)
     assert (summary.errors, summary.transient) == (9, 8)
     errors = {r["path"]: r["error"].split(":")[0] for r in read_results(str(out))}
     assert errors == {**{p: "UNAVAILABLE" for p in paths}, str(big): "INVALID_ARGUMENT"}
@@ -490,13 +572,14 @@ def test_sigint_exits_130_and_resume_completes(dev_server, tmp_path, ctrl_c_pope
     assert _once(out) == Counter(paths)
 
 
-def test_engine_ray_from_the_command_line(dev_server, tmp_path):
-    """`--engine ray` runs the same job through the Ray engine (a local Ray started by the command)."""
+def test_engine_ray_from_the_command_line(unsure_server, tmp_path):
+    """`--engine ray` runs the same job through the Ray engine (a local Ray started by the command),
+    with the model's threshold resolved on the driver: the same `unsure` rows and header."""
     paths = _photos(tmp_path / "p", 12)
     shutil.copy(SAMPLES / "bad" / "notes.jpg", tmp_path / "p" / "notes.jpg")
     out = tmp_path / "r.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "waste_client", "score", str(tmp_path / "p"), "--url", dev_server.grpc_url,
+        [sys.executable, "-m", "waste_client", "score", str(tmp_path / "p"), "--url", unsure_server.grpc_url,
          "--model", "dev", "--out", str(out), "--engine", "ray", "--actors", "1", "--batch-size", "4", "--json"],
         env=CLIENT_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -505,6 +588,12 @@ def test_engine_ray_from_the_command_line(dev_server, tmp_path):
     rows = {r["path"]: r for r in read_results(str(out))}
     assert _once(out) == Counter(paths + [str(tmp_path / "p" / "notes.jpg")])
     assert rows[str(tmp_path / "p" / "notes.jpg")]["error"].startswith("INVALID_ARGUMENT")
+    threshold = _recorded_threshold(unsure_server)
+    assert (summary["min_score"], summary["min_score_from"]) == (threshold, "model")
+    assert _header_of(out)["min_score"] == threshold
+    scored = [r for r in rows.values() if not r["error"]]
+    assert all((r["label"] == "unsure") == (float(r["score"]) < threshold) for r in scored)
+    assert 0 < summary["unsure"] == sum(r["label"] == "unsure" for r in scored) < len(scored)
 
 
 def test_engine_ray_local_start_wait_is_the_knob_ray_reads(dev_server, tmp_path):

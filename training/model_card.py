@@ -190,6 +190,16 @@ validation split alone as the highest threshold that still answers {unsure['targ
 photos ({unsure['validation']['coverage']:.1%} there). On the test split it answers {unsure['test']['coverage']:.1%} of photos,
 {unsure['test']['selective_accuracy']:.4f} of them correctly (all photos: {test['accuracy']:.4f}). {nonwaste}
 
+The ensembles serving v{v} (`{name}`, `{name}_tta`) carry this number as the `unsure_threshold`
+parameter of their configs (an INT8 twin carries its own version's), written there from `export.json`
+by the repository writer (`tests/test_model_repository.py::test_committed_ensembles_carry_the_served_versions_threshold`).
+Clients apply it: the Python client marks a prediction `unsure` below it and keeps the top class as its
+label (`tests/test_client.py::test_predictions_carry_the_models_threshold`), and the bulk scorer labels
+such rows `unsure` unless `--min-score` overrides the number
+(`tests/test_score.py::test_the_models_threshold_is_the_default_min_score`); docs/API.md shows the
+config parameter. The TTA ensemble applies the same number, chosen on single-view probabilities: its
+coverage with two views has not been measured.
+
 ![risk-coverage curve]({kept}/unsure/risk_coverage.png)
 
 {_int8_trials(run_dir, q)}### The next model: full fine-tuning (not shipped yet)

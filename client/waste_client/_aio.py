@@ -14,9 +14,10 @@ from ._batch import BatchPlan, Outputs, raw_outputs, requested_outputs
 from ._contract import MAX_BATCH_SIZE
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, Result
-from ._request import ImageInput, build_request, check_top_k, read_input, read_response, ready_models
+from ._request import (ImageInput, build_request, check_top_k, config_refused, config_threshold, read_input,
+                       read_response, ready_models)
 from ._retry import Attempts, RetryPolicy, UrlPool
-from ._settings import DEFAULT_TOP_K, ClientSettings, load_transport, resolve
+from ._settings import DEFAULT_TOP_K, UNSURE_FROM_MODEL, UNSURE_OFF, ClientSettings, load_transport, resolve
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -55,7 +56,13 @@ class AsyncClassifier:
         Exponential backoff base and cap, in seconds.
     settings : ClientSettings, optional
     **options
-        Any other field of :class:`ClientSettings` (TLS, auth, ``max_bytes``, ...).
+        Any other field of :class:`ClientSettings` (TLS, auth, ``max_bytes``,
+        ``unsure_threshold``, ...).
+
+    Notes
+    -----
+    Predictions carry ``unsure`` and ``threshold`` as with :class:`Classifier`
+    (:meth:`unsure_threshold`).
 
     Raises
     ------
@@ -101,6 +108,9 @@ class AsyncClassifier:
         self.readiness_error: Optional[ClassifierError] = None
         self._clients: Dict[int, Any] = {}
         self._closed = False
+        # model name -> its threshold from the server, read once; the lock is made inside the loop.
+        self._thresholds: Dict[str, Optional[float]] = {}
+        self._threshold_lock: Optional[asyncio.Lock] = None
 
     def __repr__(self) -> str:
         return f"AsyncClassifier(url={self.urls!r}, protocol={self.protocol!r}, model={self.model!r})"
@@ -140,7 +150,47 @@ class AsyncClassifier:
         args = self._transport.call_args()
         result = await self._call(f"infer {self.model}", lambda c: c.infer(
             self.model, inputs, model_version=self.version, outputs=outputs, **args))
-        return read_response(self._transport, result, self.model, sources)
+        return read_response(self._transport, result, self.model, sources, await self.unsure_threshold())
+
+    async def unsure_threshold(self, model: Optional[str] = None) -> Optional[float]:
+        """The "not sure" threshold applied to ``model``'s predictions; as :meth:`Classifier.unsure_threshold`.
+
+        Parameters
+        ----------
+        model : str, optional
+
+        Returns
+        -------
+        float or None
+
+        Raises
+        ------
+        ClassifierError
+            When no server answers after the retries (nothing is kept).
+        """
+        setting = self.settings.unsure_threshold
+        if setting != UNSURE_FROM_MODEL:
+            return None if setting == UNSURE_OFF else float(setting)
+        name = model or self.model
+        if self._threshold_lock is None:
+            self._threshold_lock = asyncio.Lock()
+        # One read per model, however many requests finish at once at the start of classify_many.
+        async with self._threshold_lock:
+            if name not in self._thresholds:
+                self._thresholds[name] = await self._read_threshold(name)
+            return self._thresholds[name]
+
+    async def _read_threshold(self, name: str) -> Optional[float]:
+        version = self.version if name == self.model else ""
+        args = self._transport.json_args()
+        try:
+            config = await self._call(f"config {name}", lambda c: c.get_model_config(name, version, **args))
+        except ClassifierError as err:
+            if err.transient:
+                raise
+            config_refused(name, err)
+            return None
+        return config_threshold(config, name)
 
     async def classify(self, path_or_bytes: ImageInput, top_k: int = DEFAULT_TOP_K) -> Prediction:
         """Classify one image.

@@ -13,9 +13,10 @@ from ._batch import BatchPlan, Outputs, raw_outputs, requested_outputs
 from ._contract import MAX_BATCH_SIZE
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, Result
-from ._request import ImageInput, build_request, check_top_k, read_input, read_response, ready_models
+from ._request import (ImageInput, build_request, check_top_k, config_refused, config_threshold, read_input,
+                       read_response, ready_models)
 from ._retry import Attempts, RetryPolicy, UrlPool
-from ._settings import DEFAULT_TOP_K, ClientSettings, load_transport, resolve
+from ._settings import DEFAULT_TOP_K, UNSURE_FROM_MODEL, UNSURE_OFF, ClientSettings, load_transport, resolve
 from ._threads import DaemonPool
 
 T = TypeVar("T")
@@ -55,7 +56,14 @@ class Classifier:
     **options
         Any other field of :class:`ClientSettings` (``connect_timeout``, ``max_bytes``,
         ``ca_file``, ``client_cert``, ``client_key``, ``api_key``, ``bearer_token``,
-        ``basic_auth``, ``tls``).
+        ``basic_auth``, ``tls``, ``unsure_threshold``).
+
+    Notes
+    -----
+    Every :class:`Prediction` says whether the model is sure of it: ``unsure`` is ``score <
+    threshold``, ``threshold`` the one applied (:meth:`unsure_threshold`). By default it is the
+    model's own, read once from its config on the server; ``unsure_threshold=0.9`` overrides it,
+    ``unsure_threshold="none"`` turns it off. The label stays the most probable class either way.
 
     Raises
     ------
@@ -109,6 +117,10 @@ class Classifier:
         self._clients: List[Any] = []
         self._pool: Optional[DaemonPool] = None
         self._pool_size = 0
+        # model name -> its threshold from the server, read once; a lock of its own, because the
+        # read goes through _call, which takes _lock.
+        self._thresholds: Dict[str, Optional[float]] = {}
+        self._threshold_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Classifier(url={self.urls!r}, protocol={self.protocol!r}, model={self.model!r})"
@@ -167,7 +179,54 @@ class Classifier:
         args = self._transport.call_args()
         result = self._call(f"infer {self.model}", lambda c: c.infer(
             self.model, inputs, model_version=self.version, outputs=outputs, **args))
-        return read_response(self._transport, result, self.model, sources)
+        # After the answer: a bad image or an unknown model fails as it always did.
+        return read_response(self._transport, result, self.model, sources, self.unsure_threshold())
+
+    def unsure_threshold(self, model: Optional[str] = None) -> Optional[float]:
+        """The "not sure" threshold this classifier applies to ``model``'s predictions.
+
+        With the ``unsure_threshold`` setting ``"model"`` (the default) it is the model's
+        ``unsure_threshold`` config parameter, which the repository writer copies from the
+        served classifier version's ``export.json``; it is read once per model name and kept.
+        A model without the parameter has none; so has a model whose config the server or a
+        proxy refuses to show (a restricted model-config API), which is logged once at WARNING.
+        A number set as ``unsure_threshold`` is returned as is, ``"none"`` gives None.
+
+        Parameters
+        ----------
+        model : str, optional
+            Defaults to this classifier's model.
+
+        Returns
+        -------
+        float or None
+
+        Raises
+        ------
+        ClassifierError
+            ``UNAVAILABLE`` (or another transient status) when no server answers after the
+            retries; nothing is kept then, so the next call asks again.
+        """
+        setting = self.settings.unsure_threshold
+        if setting != UNSURE_FROM_MODEL:
+            return None if setting == UNSURE_OFF else float(setting)
+        name = model or self.model
+        with self._threshold_lock:
+            if name not in self._thresholds:
+                self._thresholds[name] = self._read_threshold(name)
+            return self._thresholds[name]
+
+    def _read_threshold(self, name: str) -> Optional[float]:
+        version = self.version if name == self.model else ""
+        args = self._transport.json_args()
+        try:
+            config = self._call(f"config {name}", lambda c: c.get_model_config(name, version, **args))
+        except ClassifierError as err:
+            if err.transient:
+                raise
+            config_refused(name, err)
+            return None
+        return config_threshold(config, name)
 
     # -- public API ----------------------------------------------------------
 

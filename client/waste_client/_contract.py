@@ -53,6 +53,9 @@ INT8_SUFFIX = "_int8"
 MAX_BATCH_SIZE = 64
 #: Beside each exported version's model file: the export's record, whose "sha256" names the file.
 EXPORT_RECORD = "export.json"
+#: The "not sure" threshold of a classifier version: the key in its export record, and the config
+#: parameter (a string) of every ensemble serving that version, which clients read.
+UNSURE_THRESHOLD = "unsure_threshold"
 
 #: Ensemble tensors: what clients send and read.
 ENSEMBLE_INPUT = "image_bytes"

@@ -53,6 +53,10 @@ _CERTIFICATE_MESSAGES = ("certificate_verify_failed", "certificate verify failed
 # reported NOT_FOUND ("... has no available versions"); unlike an unknown model
 # name it comes back, so it counts as UNAVAILABLE.
 _UNLOADED_MESSAGES = ("has no available versions", "server is stopping", "is not ready")
+# An API the server restricts to an admin header (docker/serve.sh restricts model config, among
+# others) is refused over gRPC as UNAVAILABLE, "This protocol is restricted, expecting header ...";
+# over HTTP as 403. Refused it stays, however often it is asked.
+_RESTRICTED_MESSAGES = ("is restricted, expecting header",)
 # A crashed Python backend stub answers INTERNAL until the launcher's supervisor restarts the
 # server (seconds); the same request then succeeds, so it is worth a retry, not an error row.
 _CRASHED_STUB_MESSAGES = ("stub process", "is not healthy")
@@ -143,7 +147,9 @@ def to_classifier_error(exc: BaseException) -> ClassifierError:
         lowered = message.lower()
         if any(m in lowered for m in _CERTIFICATE_MESSAGES):
             return certificate_error(message)
-        if status == "UNKNOWN" and any(m in lowered for m in _TRANSIENT_MESSAGES):
+        if any(m in lowered for m in _RESTRICTED_MESSAGES):
+            status = "PERMISSION_DENIED"
+        elif status == "UNKNOWN" and any(m in lowered for m in _TRANSIENT_MESSAGES):
             status = "UNAVAILABLE"
         elif status in ("NOT_FOUND", "INVALID_ARGUMENT") and any(m in lowered for m in _UNLOADED_MESSAGES):
             status = "UNAVAILABLE"

@@ -15,7 +15,8 @@ class Prediction:
     Attributes
     ----------
     label : str
-        The most probable class name.
+        The most probable class name, also when ``unsure``: what to do with an unsure answer
+        (ask the person, show the runner-up, write ``unsure``) is the caller's decision.
     score : float
         Its probability, in [0, 1].
     top_k : list of (str, float)
@@ -27,6 +28,13 @@ class Prediction:
         The model version that answered (from the response).
     source : str or None
         The path the image was read from, None for raw bytes.
+    unsure : bool
+        ``score < threshold``: the model is not sure enough to be taken at its word. False when
+        no threshold applies.
+    threshold : float or None
+        The "not sure" threshold applied: by default the model's own (the ``unsure_threshold``
+        of its config, from the served version's ``export.json``), or the caller's
+        ``unsure_threshold`` setting; None when none applies (a model without one, or ``"none"``).
     """
 
     label: str
@@ -35,6 +43,8 @@ class Prediction:
     model: str
     version: str
     source: Optional[str] = None
+    unsure: bool = False
+    threshold: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ def parse_classification(
     model: str,
     version: str,
     source: Optional[str] = None,
+    threshold: Optional[float] = None,
 ) -> Prediction:
     """Build a :class:`Prediction` from the class strings of one image.
 
@@ -125,6 +136,8 @@ def parse_classification(
         Who answered.
     source : str, optional
         Where the image came from.
+    threshold : float, optional
+        The "not sure" threshold: the prediction is ``unsure`` when its best score is below it.
 
     Returns
     -------
@@ -139,4 +152,5 @@ def parse_classification(
     if not pairs:
         raise ClassifierError("the server returned no classes", "INTERNAL")
     label, score = pairs[0]
-    return Prediction(label, score, pairs, model, str(version), source)
+    unsure = threshold is not None and score < threshold
+    return Prediction(label, score, pairs, model, str(version), source, unsure, threshold)

@@ -32,7 +32,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from ._client import Classifier
 from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, Outcome, Pair, classify_chunk
 from ._errors import ClassifierError, to_classifier_error
 from ._prediction import Prediction
-from ._settings import DEFAULT_TOP_K, ClientSettings, resolve
+from ._settings import DEFAULT_TOP_K, UNSURE_OFF, ClientSettings, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ class _ClassifyActor:
         -------
         dict of np.ndarray
             Columns ``identity``, ``label``, ``score``, ``top_k`` (JSON),
-            ``model``, ``version``, ``status`` (empty when ok), ``message``
-            (bytes, as an error message may carry a non-UTF-8 name).
+            ``model``, ``version``, ``unsure``, ``threshold`` (NaN: none), ``status``
+            (empty when ok), ``message`` (bytes, as an error message may carry a
+            non-UTF-8 name).
         """
         identities = [_decode(b) for b in batch["identity"]]
         chunks = [identities[i:i + self.batch_size] for i in range(0, len(identities), self.batch_size)]
@@ -127,17 +128,19 @@ class _ClassifyActor:
 
 
 def _to_columns(pairs: List[Pair]) -> Dict[str, np.ndarray]:
-    names = ("identity", "label", "score", "top_k", "model", "version", "status", "message")
+    names = ("identity", "label", "score", "top_k", "model", "version", "unsure", "threshold", "status", "message")
     rows: Dict[str, list] = {name: [] for name in names}
     for identity, outcome in pairs:
         if isinstance(outcome, Prediction):
+            threshold = math.nan if outcome.threshold is None else outcome.threshold
             values = (_encode(identity), outcome.label, outcome.score, json.dumps(outcome.top_k),
-                      outcome.model, outcome.version, "", b"")
+                      outcome.model, outcome.version, outcome.unsure, threshold, "", b"")
         else:
-            values = (_encode(identity), "", 0.0, "[]", "", "", outcome.status, _encode(outcome.message))
+            values = (_encode(identity), "", 0.0, "[]", "", "", False, math.nan, outcome.status,
+                      _encode(outcome.message))
         for name, value in zip(names, values):
             rows[name].append(value)
-    return {k: np.array(v, dtype=np.float64 if k == "score" else object) for k, v in rows.items()}
+    return {k: np.array(v, dtype=np.float64 if k in ("score", "threshold") else object) for k, v in rows.items()}
 
 
 def _from_columns(batch: Dict[str, np.ndarray]) -> Iterator[Pair]:
@@ -148,8 +151,10 @@ def _from_columns(batch: Dict[str, np.ndarray]) -> Iterator[Pair]:
             yield identity, ClassifierError(_decode(batch["message"][i]), status)
         else:
             pairs = [(str(label), float(score)) for label, score in json.loads(batch["top_k"][i])]
+            threshold = float(batch["threshold"][i])
             yield identity, Prediction(str(batch["label"][i]), float(batch["score"][i]), pairs,
-                                       str(batch["model"][i]), str(batch["version"][i]), identity)
+                                       str(batch["model"][i]), str(batch["version"][i]), identity,
+                                       bool(batch["unsure"][i]), None if math.isnan(threshold) else threshold)
 
 
 class RayEngine:
@@ -178,7 +183,10 @@ class RayEngine:
         this process, that connection is used as it is.
     settings : ClientSettings, optional
         Connection settings (TLS, auth, retries...); None reads the ``WASTE_*`` environment
-        of this process. Resolved here and shipped to the actors as they are.
+        of this process. Resolved here and shipped to the actors as they are, except that a
+        ``"model"`` ``unsure_threshold`` is first read here, on the driver, once
+        (:meth:`unsure_threshold`), and the actors get the number: every actor marks
+        predictions against the same threshold, and none asks the server for it.
     window : int
         Most identities per Ray Data pipeline (see :data:`DEFAULT_WINDOW`; the first
         pipelines are smaller, :data:`FIRST_WINDOW`).
@@ -215,6 +223,8 @@ class RayEngine:
         self.top_k, self.actors, self.in_flight, self.batch_size = top_k, actors, in_flight, batch_size
         self.max_bytes, self.window, self.actor_cpus = max_bytes, window, actor_cpus
         self.verbose = verbose
+        # A one-tuple once resolved: None is a resolved value too (the model has no threshold).
+        self._threshold: Optional[Tuple[Optional[float]]] = None
         self._ray = _import_ray()
         self._owns_ray = False
         self._restore_quiet: Any = None
@@ -262,6 +272,28 @@ class RayEngine:
         logger.info("Ray %s: %s", "joined" if address else "started locally",
                     ray.cluster_resources())
 
+    def unsure_threshold(self) -> Optional[float]:
+        """The "not sure" threshold the actors apply, resolved on the driver the first time.
+
+        Returns
+        -------
+        float or None
+            As :meth:`waste_client.Classifier.unsure_threshold` of these settings.
+
+        Raises
+        ------
+        ClassifierError
+            When the server cannot be reached to read the model's threshold.
+        """
+        if self._threshold is None:
+            with Classifier(settings=self.settings) as classifier:
+                self._threshold = (classifier.unsure_threshold(),)
+        return self._threshold[0]
+
+    def _actor_settings(self) -> ClientSettings:
+        threshold = self.unsure_threshold()
+        return self.settings.replace(unsure_threshold=UNSURE_OFF if threshold is None else threshold)
+
     def results(self, identities: Iterable[str]) -> Iterator[Pair]:
         """Score ``identities``; yield ``(identity, Prediction or ClassifierError)`` as they finish.
 
@@ -286,21 +318,24 @@ class RayEngine:
         """
         source = iter(identities)
         size = min(FIRST_WINDOW, self.window)
+        settings: Optional[ClientSettings] = None
         while True:
             window = list(islice(source, size))
             if not window:
                 return
-            yield from self._run_window(window)
+            if settings is None:
+                settings = self._actor_settings()
+            yield from self._run_window(window, settings)
             size = min(size * 10, self.window)
 
-    def _run_window(self, window: List[str]) -> Iterator[Pair]:
+    def _run_window(self, window: List[str], settings: ClientSettings) -> Iterator[Pair]:
         missing = set(window)
         failed_passes = 0
         while missing:
             todo = [i for i in window if i in missing]
             returned = 0
             try:
-                for identity, outcome in self._pipeline(todo):
+                for identity, outcome in self._pipeline(todo, settings):
                     returned += 1
                     missing.discard(identity)
                     yield identity, outcome
@@ -318,7 +353,7 @@ class RayEngine:
                 raise ClassifierError(f"the Ray pipeline failed {failed_passes} times in a row without "
                                       f"a result{reason}", "UNAVAILABLE")
 
-    def _pipeline(self, identities: List[str]) -> Iterator[Pair]:
+    def _pipeline(self, identities: List[str], settings: ClientSettings) -> Iterator[Pair]:
         ray = self._ray
         per_call = self.in_flight * self.batch_size
         # One block per actor call: results reach the driver (and its file) call by call,
@@ -328,7 +363,7 @@ class RayEngine:
         ds = ds.map_batches(
             _ClassifyActor,
             fn_constructor_kwargs={
-                "settings": self.settings, "top_k": self.top_k, "in_flight": self.in_flight,
+                "settings": settings, "top_k": self.top_k, "in_flight": self.in_flight,
                 "batch_size": self.batch_size, "max_bytes": self.max_bytes,
             },
             compute=ray.data.ActorPoolStrategy(size=self.actors),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
+from ._contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT, UNSURE_THRESHOLD
 from ._errors import ClassifierError
 from ._prediction import ModelInfo, Prediction, parse_classification
+
+logger = logging.getLogger(__name__)
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -147,7 +150,8 @@ def build_request(transport: Any, images: Sequence[bytes], top_k: int) -> Tuple[
     return [transport.infer_input(ENSEMBLE_INPUT, array)], [transport.requested_output(ENSEMBLE_OUTPUT, top_k)]
 
 
-def read_response(transport: Any, result: Any, model: str, sources: Sequence[Optional[str]]) -> List[Prediction]:
+def read_response(transport: Any, result: Any, model: str, sources: Sequence[Optional[str]],
+                  threshold: Optional[float] = None) -> List[Prediction]:
     """Turn an ``InferResult`` of a batch into one :class:`Prediction` per image.
 
     Parameters
@@ -158,6 +162,8 @@ def read_response(transport: Any, result: Any, model: str, sources: Sequence[Opt
         The model asked for (used if the response does not name one).
     sources : sequence of str or None
         Where each image came from, in batch order.
+    threshold : float, optional
+        The "not sure" threshold each prediction is marked against.
 
     Returns
     -------
@@ -175,7 +181,65 @@ def read_response(transport: Any, result: Any, model: str, sources: Sequence[Opt
         raise ClassifierError(f"sent {len(sources)} images, got {entries.shape[0]} answers", "INTERNAL")
     name, version = transport.response_model(result)
     rows = entries.reshape(len(sources), -1)
-    return [parse_classification(row, name or model, version, source) for row, source in zip(rows, sources)]
+    return [parse_classification(row, name or model, version, source, threshold)
+            for row, source in zip(rows, sources)]
+
+
+def config_threshold(config: Any, model: str) -> Optional[float]:
+    """The ``unsure_threshold`` parameter of a model's configuration, if it has one.
+
+    Parameters
+    ----------
+    config : dict
+        ``get_model_config`` output as JSON: gRPC's ``{"config": {...}}`` or HTTP's config itself;
+        parameters look like ``{"unsure_threshold": {"string_value": "0.77"}}``.
+    model : str
+        For the log message.
+
+    Returns
+    -------
+    float or None
+        None when the config has no such parameter, or one that is not a probability (logged at
+        WARNING: a deployment's mistake must not stop classification).
+    """
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        config = config["config"]
+    parameters = config.get("parameters") if isinstance(config, dict) else None
+    entry = (parameters or {}).get(UNSURE_THRESHOLD)
+    if entry is None:
+        return None
+    text = entry.get("string_value") if isinstance(entry, dict) else entry
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        logger.warning("model %r: its %s parameter %r is not a probability; no \"not sure\" threshold applies",
+                       model, UNSURE_THRESHOLD, text)
+        return None
+    return value
+
+
+def config_refused(model: str, error: ClassifierError) -> None:
+    """Log that the model's threshold could not be read (the classifier keeps the outcome: once per model).
+
+    A server that restricts its model-config API (docker/serve.sh) or a proxy that forwards only
+    inference refuses the read; classification itself still works, so it goes on without a
+    threshold and says how to give one.
+
+    Parameters
+    ----------
+    model : str
+    error : ClassifierError
+        The refusal (not transient).
+
+    Returns
+    -------
+    None
+    """
+    logger.warning("cannot read the \"not sure\" threshold of model %r from its config (%s); predictions are "
+                   "never marked unsure: set unsure_threshold (WASTE_UNSURE_THRESHOLD, the scorer's --min-score)",
+                   model, error)
 
 
 def ready_models(index: Any) -> List[ModelInfo]:

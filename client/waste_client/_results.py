@@ -3,7 +3,9 @@
 Layout (format 2)
 -----------------
 The first line records what produced the file (:data:`HEADER_KEY`: the format version, the
-sources, model, requested model version, top-k, min-score and shard)::
+sources, model, requested model version, top-k, min-score and shard; ``min_score`` is the "not
+sure" threshold the rows were labelled with, the model's own unless ``--min-score`` said otherwise,
+null for none)::
 
     JSON Lines:  {"waste_score_results": 2, "sources": [...], "model": ..., ...}
     CSV:         # waste_score_results {"waste_score_results": 2, "sources": [...], ...}
@@ -43,7 +45,8 @@ HEADER_KEY = "waste_score_results"
 FORMAT_VERSION = 2
 #: Header fields that must match for a run to resume a file (sources are checked apart).
 JOB_FIELDS = ("model", "model_version", "top_k", "min_score", "shard")
-#: The label written instead of a class when the best score is below ``--min-score``.
+#: The label written instead of a class when the best score is below the job's threshold
+#: (``min_score``: the model's own, or ``--min-score``).
 UNSURE = "unsure"
 #: Seconds between fsyncs: every row reaches the operating system when written (a killed
 #: process loses nothing written); an fsync per row would cost more than the scoring.
@@ -415,9 +418,13 @@ class ResultWriter:
             )
         differs = _describe_mismatch(self.path, old, header)
         if differs:
+            # Since the threshold defaults to the model's, an output of an older default (none)
+            # or of another model version meets this; say which option sets it.
+            hint = (" (min_score is the 'unsure' threshold: --min-score sets it, 0 for none)"
+                    if old.get("min_score") != header.get("min_score") else "")
             raise ClassifierError(
                 f"{self.path} was written by another job ({'; '.join(differs)}); rows of "
-                "different models or options must not mix: score into a new --out",
+                f"different models or options must not mix: score into a new --out{hint}",
                 "INVALID_ARGUMENT",
             )
         new_sources = [s for s in header["sources"] if s not in old["sources"]]

@@ -5,7 +5,8 @@ described once (docs/CONTRACT.md lists them):
 
 ``WASTE_URL``, ``WASTE_PROTOCOL``, ``WASTE_MODEL``, ``WASTE_CA_FILE``, ``WASTE_CLIENT_CERT``,
 ``WASTE_CLIENT_KEY``, ``WASTE_API_KEY``, ``WASTE_BEARER_TOKEN``, ``WASTE_BASIC_AUTH``
-(``user:password``), ``WASTE_TLS`` (``1`` for TLS with the system's CAs).
+(``user:password``), ``WASTE_TLS`` (``1`` for TLS with the system's CAs),
+``WASTE_UNSURE_THRESHOLD`` (``model``, ``none``/``off`` or a probability).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 API_KEY_HEADER = "x-api-key"
 #: The one default of ``top_k`` for the library, the scorer and the app.
 DEFAULT_TOP_K = 3
+#: ``unsure_threshold`` values that are not a number: read the model's threshold from its config,
+#: or apply none.
+UNSURE_FROM_MODEL = "model"
+UNSURE_OFF = "none"
 
 # field name -> environment variable; only these are read from the environment.
 ENV_VARS = {
@@ -44,6 +49,7 @@ ENV_VARS = {
     "bearer_token": "WASTE_BEARER_TOKEN",
     "basic_auth": "WASTE_BASIC_AUTH",
     "tls": "WASTE_TLS",
+    "unsure_threshold": "WASTE_UNSURE_THRESHOLD",
 }
 _TRUE = ("1", "true", "yes", "on")
 
@@ -86,6 +92,12 @@ class ClientSettings:
         Sent as ``authorization: Bearer <token>``.
     basic_auth : str or None
         ``user:password``, sent as ``authorization: Basic ...``.
+    unsure_threshold : {"model", "none"} or float
+        When a :class:`~waste_client.Prediction` is ``unsure`` (best score below the threshold).
+        ``"model"`` (default): the model's own threshold, the ``unsure_threshold`` parameter of its
+        config on the server (written there from the served version's ``export.json``); a model
+        without one has none. A probability in [0, 1] overrides it; ``"none"`` (or ``"off"``)
+        applies none. Strings are accepted in any case (the environment gives strings).
     """
 
     url: Union[str, Tuple[str, ...]] = ""
@@ -106,6 +118,7 @@ class ClientSettings:
     api_key: Optional[str] = None
     bearer_token: Optional[str] = None
     basic_auth: Optional[str] = None
+    unsure_threshold: Union[str, float] = UNSURE_FROM_MODEL
 
     def __post_init__(self) -> None:
         protocol = str(self.protocol).lower()
@@ -113,6 +126,7 @@ class ClientSettings:
             raise ClassifierError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}",
                                   "INVALID_ARGUMENT")
         object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "unsure_threshold", parse_unsure_threshold(self.unsure_threshold))
         object.__setattr__(self, "version", str(self.version))
         if bool(self.client_cert) != bool(self.client_key):
             raise ClassifierError("client_cert and client_key go together (mutual TLS)", "INVALID_ARGUMENT")
@@ -196,6 +210,41 @@ class ClientSettings:
             if shown[secret]:
                 shown[secret] = "***"
         return "ClientSettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def parse_unsure_threshold(value: Any) -> Union[str, float]:
+    """Normalise an ``unsure_threshold`` setting.
+
+    Parameters
+    ----------
+    value : str or float
+        ``"model"``, ``"none"``/``"off"`` (any case), a probability, or its text.
+
+    Returns
+    -------
+    str or float
+        :data:`UNSURE_FROM_MODEL`, :data:`UNSURE_OFF` or a float in [0, 1].
+
+    Raises
+    ------
+    ClassifierError
+        ``INVALID_ARGUMENT`` for anything else.
+    """
+    number: Any = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == UNSURE_FROM_MODEL:
+            return UNSURE_FROM_MODEL
+        if text in (UNSURE_OFF, "off"):
+            return UNSURE_OFF
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+    if isinstance(number, (int, float)) and not isinstance(number, bool) and 0.0 <= float(number) <= 1.0:
+        return float(number)
+    raise ClassifierError(f"unsure_threshold must be 'model', 'none' (or 'off') or a probability in [0, 1], "
+                          f"not {value!r}", "INVALID_ARGUMENT")
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, retries: int = 3) -> None:

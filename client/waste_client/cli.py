@@ -15,11 +15,11 @@ from typing import Any, Iterator, List, Optional
 
 from . import DEFAULT_TOP_K, __version__
 from ._client import Classifier
-from ._settings import add_connection_arguments, settings_from_args
+from ._settings import UNSURE_OFF, add_connection_arguments, settings_from_args
 from ._engine import DEFAULT_BATCH_SIZE, DEFAULT_IN_FLIGHT, LocalEngine
 from ._ray import DEFAULT_ACTORS
 from ._errors import ClassifierError
-from .score import render_report, score, wait_until_ready
+from .score import render_report, score, unsure_origin, wait_until_ready
 
 EXIT_OK, EXIT_ERROR_ROWS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -74,7 +74,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--out", default="results.csv", help="results.csv or results.jsonl (resumable)")
     job.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes kept per photo")
     job.add_argument("--min-score", type=float, default=None,
-                     help="label 'unsure' when the best score is below this (top-k stays in the row)")
+                     help="label 'unsure' when the best score is below this (top-k stays in the row); "
+                          "default: the model's own threshold (its config's unsure_threshold, from "
+                          "export.json), or env WASTE_UNSURE_THRESHOLD; 0: never")
     job.add_argument("--shard", metavar="I/N", help="score only shard I of N (split by identity)")
     job.add_argument("--follow-symlinks", action="store_true", help="follow links that lead out of the folder")
     job.add_argument("--retry-errors", action="store_true",
@@ -135,8 +137,9 @@ def _logging_configured(args: argparse.Namespace) -> Iterator[None]:
         retry.setLevel(saved[2])
 
 
-def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
+def _make_engine(args: argparse.Namespace, classifier: Classifier, min_score: Optional[float]) -> Any:
     if args.engine == "local":
+        # The same classifier: it keeps the threshold it resolved, so its predictions agree with min_score.
         return LocalEngine(classifier, top_k=args.top_k, in_flight=args.in_flight,
                            batch_size=args.batch_size, max_bytes=classifier.settings.max_bytes)
     try:
@@ -144,7 +147,8 @@ def _make_engine(args: argparse.Namespace, classifier: Classifier) -> Any:
     except ImportError as exc:
         raise ClassifierError(f"--engine ray needs Ray: pip install 'waste-client[ray]' ({exc})",
                               "INVALID_ARGUMENT") from exc
-    s = classifier.settings
+    # The threshold resolved here travels to the actors as a number: none of them reads the config.
+    s = classifier.settings.replace(unsure_threshold=UNSURE_OFF if min_score is None else min_score)
     return RayEngine(s.urls, s.protocol, s.model, args.top_k, actors=args.actors, in_flight=args.in_flight,
                      batch_size=args.batch_size, max_bytes=s.max_bytes, ray_address=args.ray_address,
                      verbose=args.verbose, settings=s)
@@ -181,18 +185,23 @@ def _run_score(args: argparse.Namespace) -> int:
     keep = sys.maxsize if args.table else (0 if args.table is False else AUTO_TABLE_MAX + 1)
     progress = not (args.no_progress or args.quiet or args.json) and sys.stderr.isatty()
     engine = None
+    # --min-score 0 means "never unsure": no threshold at all, so the header records none.
+    unsure = None if args.min_score is None else (UNSURE_OFF if args.min_score == 0 else args.min_score)
     try:
-        settings = settings_from_args(args, concurrency=args.in_flight)
+        settings = settings_from_args(args, concurrency=args.in_flight, unsure_threshold=unsure)
         with Classifier(settings=settings) as classifier:
             try:
                 wait_until_ready(classifier, args.wait)
             except ClassifierError as exc:
                 return _fail(args, str(exc), EXIT_UNREACHABLE)
-            engine = _make_engine(args, classifier)
+            # Resolved once, before the header is written: the header records the number applied.
+            min_score = classifier.unsure_threshold()
+            engine = _make_engine(args, classifier, min_score)
             summary = score(
                 engine, args.out, source=args.source, files_from=args.files_from,
                 model=settings.model, model_version=settings.version, top_k=args.top_k,
-                min_score=args.min_score, shard=args.shard, follow_symlinks=args.follow_symlinks,
+                min_score=min_score, min_score_from=unsure_origin(settings, args.min_score is not None),
+                shard=args.shard, follow_symlinks=args.follow_symlinks,
                 retry_errors=args.retry_errors, append_source=args.append_source,
                 labels_from_folders=args.labels_from_folders, progress=progress, keep_rows=keep,
             )

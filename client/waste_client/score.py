@@ -27,6 +27,7 @@ from ._identity import parse_shard, shard_of
 from ._labels_report import LabelReport, build_label_report
 from ._report import format_table, per_image_table
 from ._results import UNSURE, ResultWriter, error_row, make_header, prediction_row
+from ._settings import ENV_VARS, UNSURE_FROM_MODEL, ClientSettings
 from ._sources import iter_sources, source_id
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class ScoreSummary:
         Error rows of this run that the next run retries (server away, timeouts).
     unsure : int
         Rows of this run labelled ``unsure`` (best score below ``min_score``).
+    min_score : float or None
+        The "not sure" threshold applied (the header's); None: no row is labelled ``unsure``.
+    min_score_from : str
+        Where it came from: ``"model"`` (the model's own, as the client read it),
+        ``"--min-score"``, or the ``WASTE_UNSURE_THRESHOLD`` variable.
     labels : collections.Counter
         Rows of this run per label.
     repaired : int
@@ -77,6 +83,8 @@ class ScoreSummary:
     errors: int = 0
     transient: int = 0
     unsure: int = 0
+    min_score: Optional[float] = None
+    min_score_from: str = "--min-score"
     labels: Counter = field(default_factory=Counter)
     repaired: int = 0
     retried: int = 0
@@ -107,6 +115,8 @@ class ScoreSummary:
             "errors": self.errors,
             "transient_errors": self.transient,
             "unsure": self.unsure,
+            "min_score": self.min_score,
+            "min_score_from": self.min_score_from,
             "labels": dict(sorted(self.labels.items())),
             "repaired": self.repaired,
             "retried": self.retried,
@@ -127,7 +137,7 @@ class ScoreSummary:
         """
         body = [(label, n) for label, n in sorted(self.labels.items()) if label != UNSURE]
         if self.unsure:
-            body.append((f"({UNSURE}: below --min-score)", self.unsure))
+            body.append((f"({UNSURE}: below the threshold)", self.unsure))
         body += [
             ("(errors)", self.errors),
             ("(scored this run)", self.scored),
@@ -136,11 +146,44 @@ class ScoreSummary:
         if self.other_shards:
             body.append(("(other shards)", self.other_shards))
         text = format_table(("label", "images"), body, "lr")
-        lines = [text, f"{self.scored} images in {self.elapsed:.2f} s = {self.images_per_s:.1f} images/s"]
+        lines = [text, f"{self.scored} images in {self.elapsed:.2f} s = {self.images_per_s:.1f} images/s",
+                 self.threshold_line()]
         if self.transient:
             lines.append(f"{self.transient} row(s) failed transiently (server away or slow): "
                          "run the same command again to retry them")
         return "\n".join(lines)
+
+    def threshold_line(self) -> str:
+        """The summary's line on the "not sure" threshold: its value and where it came from.
+
+        Returns
+        -------
+        str
+        """
+        value = "none" if self.min_score is None else f"{self.min_score:.4g}"
+        return f'"{UNSURE}" threshold: {value} (from: {self.min_score_from})'
+
+
+def unsure_origin(settings: ClientSettings, option_given: bool = False) -> str:
+    """Where a job's "not sure" threshold comes from, for its summary.
+
+    Parameters
+    ----------
+    settings : ClientSettings
+        The settings the threshold was resolved with.
+    option_given : bool
+        The command line's ``--min-score`` was given (it overrides the environment).
+
+    Returns
+    -------
+    str
+        ``"--min-score"``, ``"model"`` or ``"WASTE_UNSURE_THRESHOLD"``.
+    """
+    if option_given:
+        return "--min-score"
+    if settings.unsure_threshold == UNSURE_FROM_MODEL:
+        return "model"
+    return ENV_VARS["unsure_threshold"]
 
 
 def wait_until_ready(classifier: Classifier, wait_s: float, poll_s: float = 0.5) -> None:
@@ -181,6 +224,7 @@ def score(
     model_version: str = "",
     top_k: int = 3,
     min_score: Optional[float] = None,
+    min_score_from: str = "--min-score",
     shard: Optional[str] = None,
     follow_symlinks: bool = False,
     retry_errors: bool = False,
@@ -213,7 +257,12 @@ def score(
         Recorded in the header (the engine's client decides what is asked).
     top_k : int
     min_score : float, optional
-        Label ``unsure`` below this best score.
+        Label ``unsure`` below this best score (None: never); recorded in the header, so a rerun
+        with another threshold is refused. The command line passes the model's threshold as the
+        client resolves it (:meth:`waste_client.Classifier.unsure_threshold`) unless
+        ``--min-score`` is given.
+    min_score_from : str
+        Where ``min_score`` came from, for the summary (:func:`unsure_origin`).
     shard : str, optional
         ``"I/N"``: score only the identities of shard I of N.
     follow_symlinks : bool
@@ -244,7 +293,7 @@ def score(
     shard_index, shard_count = parse_shard(shard) if shard else (0, 1)
     header = make_header([source_id(source, files_from)], model, model_version, top_k, min_score,
                          shard)
-    summary = ScoreSummary(out=out)
+    summary = ScoreSummary(out=out, min_score=min_score, min_score_from=min_score_from)
     start = time.perf_counter()
     # A missing folder or prefix fails here, before an output file is created for it.
     listing = iter_sources(source, files_from, follow_symlinks)
@@ -343,12 +392,23 @@ def score_folder(
     follow_symlinks, retry_errors, progress, keep_rows, on_row
         As in :func:`score`.
     **options
-        Further keywords of :func:`score` (``min_score``, ``shard``, ...).
+        Further keywords of :func:`score` (``min_score``, ``shard``, ...). Without ``min_score``
+        the classifier's threshold applies (:meth:`waste_client.Classifier.unsure_threshold`: the
+        model's own by default), as on the command line.
 
     Returns
     -------
     ScoreSummary
+
+    Raises
+    ------
+    ClassifierError
+        As :func:`score`; also when the model's threshold is to be read and no server answers
+        (before the output is touched: its header must record the threshold).
     """
+    if "min_score" not in options:
+        options["min_score"] = classifier.unsure_threshold()
+        options.setdefault("min_score_from", unsure_origin(classifier.settings))
     engine = LocalEngine(classifier, top_k=top_k, in_flight=in_flight, batch_size=batch_size)
     try:
         return score(engine, out, source=folder, model=classifier.model,
