@@ -462,17 +462,18 @@ def _status(url: str, data: bytes | None = None, headers: dict | None = None, co
         return 0
 
 
-def test_serve_sh_restricts_every_api_but_inference_health_and_metadata(served_by_serve_sh):
+def test_serve_sh_restricts_every_api_but_inference_health_metadata_and_configs(served_by_serve_sh):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     http_url, grpc_url, _ = served_by_serve_sh
     base = f"http://{http_url}"
     key = {"triton-admin-key": ADMIN_KEY}
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/dev", "/v2/models/dev/ready"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/dev", "/v2/models/dev/ready",
+                 "/v2/models/dev/config"):
         assert _status(base + path) == 200, path
     assert _status(base + "/v2/repository/index", data=b"{}") == 200
-    for path in ("/v2/models/dev/config", "/v2/models/dev/stats", "/v2/systemsharedmemory/status",
+    for path in ("/v2/models/dev/stats", "/v2/systemsharedmemory/status",
                  "/v2/cudasharedmemory/status", "/v2/trace/setting", "/v2/logging"):
         assert _status(base + path) == 403, path
         assert _status(base + path, headers=key) == 200, path
@@ -485,8 +486,9 @@ def test_serve_sh_restricts_every_api_but_inference_health_and_metadata(served_b
         client.get_system_shared_memory_status()
     assert client.get_system_shared_memory_status(
         headers={"triton-grpc-protocol-triton-admin-key": ADMIN_KEY}) is not None
-    # The warm-up configs the images write load and serve.
-    config = client.get_model_config("dev_classifier", headers={"triton-grpc-protocol-triton-admin-key": ADMIN_KEY})
+    # The warm-up configs the images write load and serve; configs are readable without the key
+    # (the client reads the model's "not sure" threshold there).
+    config = client.get_model_config("dev_classifier")
     assert config.config.model_warmup[0].batch_size == 1
 
 
@@ -540,9 +542,14 @@ def test_compose_proxy_forwards_inference_and_refuses_the_rest(served_by_serve_s
         gtensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
         gtensor.set_data_from_numpy(np.array([[image]], dtype=object))
         assert grpc.infer("dev", [gtensor]).as_numpy("probabilities").shape == (1, 12)
+        # A model's config is readable over both protocols (the client's "not sure" threshold),
+        # but only read: a POST to it is refused.
+        assert _status(base + "/v2/models/dev/config", context=context) == 200
+        assert grpc.get_model_config("dev").config.name == "dev"
+        assert _status(base + "/v2/models/dev/config", data=b"{}", context=context) == 403
         # Everything else is refused at the proxy, whatever key a caller sends.
         key = {"triton-admin-key": ADMIN_KEY}
-        for path in ("/v2/models/dev/config", "/v2/models/dev/stats", "/v2/systemsharedmemory/status",
+        for path in ("/v2/models/dev/stats", "/v2/systemsharedmemory/status",
                      "/v2/trace/setting", "/v2/logging"):
             assert _status(base + path, headers=key, context=context) == 403, path
         assert _status(base + "/v2/repository/models/dev/load", data=b"{}", context=context) == 403
