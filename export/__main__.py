@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import UNSURE_THRESHOLD
+
 METRIC_KEYS = ("images", "accuracy", "weighted_f1", "macro_f1", "min_recall", "min_recall_class", "ece")
 
 
@@ -88,15 +90,15 @@ def export_variant(raw: Path, run_dir: Path, tag: str, splits: dict, classes, ar
     if not args.no_calibrate:
         served = run_dir / f"model_{tag}_calibrated.onnx"
         extra, threshold = calibrate_for_serving(raw, served, splits, args.coverage)
-        record.update(extra, unsure_threshold=threshold)
+        record.update(extra, **{UNSURE_THRESHOLD: threshold})
     result = evaluate(served, splits["test"], run_dir / f"eval_{tag}", title=f"{args.name} {tag}", classes=classes,
-                      threshold=record.get("unsure_threshold"))
+                      threshold=record.get(UNSURE_THRESHOLD))
     print(summary_table(result))
     record["test"] = {v: {k: result[v][k] for k in METRIC_KEYS} for v in ("plain", "tta")}
     if "unsure" in record:
         record["unsure"]["test"] = result["selective"]
         if args.nonwaste:
-            nw = evaluate_nonwaste(served, record["unsure_threshold"], args.nonwaste)
+            nw = evaluate_nonwaste(served, record[UNSURE_THRESHOLD], args.nonwaste)
             record["unsure"]["nonwaste"] = {k: nw[k] for k in ("images", "unsure_rate", "mean_top_probability",
                                                                "per_kind")}
     return served, record

@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from contract import UNSURE_THRESHOLD
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +108,7 @@ def _kept_calibration(q_raw: Path, source: dict, val: list, coverage: float) -> 
     probs, _, _ = predict(q_raw, [p for p, _ in val])
     threshold = choose_threshold(probs, coverage)
     return {"calibration": {**source.get("calibration", {}), "kept_from_fp32": True},
-            "unsure_threshold": threshold,
+            UNSURE_THRESHOLD: threshold,
             "unsure": {"fitted_on": "validation split", "target_coverage": coverage, "threshold": threshold,
                        "validation": selective(probs, np.array([label for _, label in val]), threshold)}}
 

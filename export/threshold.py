@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import UNSURE_THRESHOLD
+
 
 def choose_and_record(version_dir: Path, splits: dict, coverage: float = 0.95, nonwaste: int = 240,
                       out: Path | None = None) -> dict:
@@ -53,7 +55,7 @@ def choose_and_record(version_dir: Path, splits: dict, coverage: float = 0.95, n
         (out / "unsure.json").write_text(json.dumps(record, indent=2) + "\n")
     path = version_dir / "export.json"
     export = json.loads(path.read_text())
-    export["unsure_threshold"] = threshold
+    export[UNSURE_THRESHOLD] = threshold
     export["unsure"] = record
     tmp = path.with_name(".export.json.tmp")
     tmp.write_text(json.dumps(export, indent=2) + "\n")

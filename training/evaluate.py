@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from contract import UNSURE_THRESHOLD
 from training.dataset import load_split
 from training.labels import CLASSES
 from training.plots import plot_confusion
@@ -232,7 +233,7 @@ def model_threshold(model_path: str | Path) -> float | None:
     """The `unsure_threshold` recorded in the export.json beside an exported model, if any."""
     record = Path(model_path).parent / "export.json"
     if record.exists():
-        value = json.loads(record.read_text()).get("unsure_threshold")
+        value = json.loads(record.read_text()).get(UNSURE_THRESHOLD)
         return float(value) if value is not None else None
     return None
 
