@@ -27,9 +27,13 @@ DEFAULT_BINS = APP_DIR / "bins.toml"
 # variables and defaults as the scorer (localhost:8001 over gRPC unless told otherwise).
 DEFAULT_URL = ClientSettings().urls[0]
 DEFAULT_MODEL = contract.DEFAULT_MODEL
-#: Below this top probability the app asks instead of answering. 0.5 means "more likely this than
-#: everything else together", the plainest line a person can be told; the sidebar moves it.
+#: Below this top probability the app asks instead of answering, for a model that records no "not
+#: sure" threshold of its own (a model that does is asked with its own, chosen on validation:
+#: MODEL_CARD.md). 0.5 means "more likely this than everything else together", the plainest line
+#: a person can be told; the sidebar moves it.
 DEFAULT_THRESHOLD = 0.5
+#: The threshold setting that means "the served model's own".
+MODEL_THRESHOLD = "model"
 #: Per uploaded file, in MB (Streamlit's unit, MiB): the server refuses an image over 32 MiB
 #: (`contract.MAX_IMAGE_BYTES`) anyway, so a larger upload would only cost memory on both sides.
 DEFAULT_MAX_UPLOAD_MB = contract.MAX_IMAGE_BYTES // (1024 * 1024)
@@ -55,8 +59,9 @@ class Settings:
     protocol : {"http", "grpc"}
     model : str
         Preferred model (ensemble) name; the selector starts on it when the server has it.
-    threshold : float
-        Top score under which the answer is worded as a question.
+    threshold : float or None
+        Top score under which the answer is worded as a question; None (``WASTE_THRESHOLD=model``,
+        the default): the served model's "not sure" threshold, ``DEFAULT_THRESHOLD`` without one.
     bins_path : Path
         The disposal data file.
     max_upload_mb : int
@@ -68,7 +73,7 @@ class Settings:
     server_url: str = DEFAULT_URL
     protocol: str = ClientSettings().protocol
     model: str = DEFAULT_MODEL
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: Optional[float] = None
     bins_path: Path = DEFAULT_BINS
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     max_files: int = DEFAULT_MAX_FILES
@@ -103,7 +108,7 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
     parser.add_argument("--server-url", default=client.url or "")
     parser.add_argument("--protocol", default=client.protocol, choices=("http", "grpc"))
     parser.add_argument("--model", default=environ.get("WASTE_MODEL", DEFAULT_MODEL))
-    parser.add_argument("--threshold", default=environ.get("WASTE_THRESHOLD", str(DEFAULT_THRESHOLD)))
+    parser.add_argument("--threshold", default=environ.get("WASTE_THRESHOLD", MODEL_THRESHOLD))
     parser.add_argument("--bins", default=environ.get("WASTE_BINS", str(DEFAULT_BINS)))
     parser.add_argument("--max-upload-mb",
                         default=environ.get("WASTE_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB)))
@@ -115,9 +120,14 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] = os.envi
         if not str(value).strip().isdigit() or int(value) < 1:
             raise ValueError(f"{variable} must be a positive whole number, not {value!r}")
         limits[name] = int(value)
-    threshold = float(args.threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], not {threshold}")
+    threshold = None
+    if str(args.threshold).strip().lower() != MODEL_THRESHOLD:
+        try:
+            threshold = float(args.threshold)
+        except ValueError:
+            threshold = float("nan")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be '{MODEL_THRESHOLD}' or a number in [0, 1], not {args.threshold!r}")
     url = args.server_url.strip() or ClientSettings(protocol=args.protocol).urls[0]
     # People paste browser addresses; the client wants host:port.
     for scheme in ("http://", "https://", "grpc://"):

@@ -11,6 +11,7 @@ from waste_client import ClassifierError
 
 from app import charts, heatmap
 from app.logic import (
+    DEFAULT_THRESHOLD,
     HOW_TO_START,
     load_settings,
     ModelChoice,
@@ -87,11 +88,16 @@ def _page(settings: Settings, service: Service) -> None:
     tta = sidebar.toggle("Test-time augmentation (image + mirror, averaged)", value=False, key="tta",
                          disabled=not choice.tta,
                          help=None if choice.tta else f"`{choice.name}_tta` is not ready")
-    threshold = sidebar.slider("Say 'not sure' below this top score", 0.0, 1.0,
-                               float(settings.threshold), 0.05)
+    model, version = served_model(choice, tta)
+    own = service.unsure_threshold(model) if settings.threshold is None else None
+    start = settings.threshold if settings.threshold is not None else own if own is not None else DEFAULT_THRESHOLD
+    threshold = sidebar.slider(
+        "Say 'not sure' below this top score", 0.0, 1.0, float(start), 0.01,
+        help=(f"Starts at `{model}`'s own threshold, chosen on validation (MODEL_CARD.md)" if own is not None
+              else "WASTE_THRESHOLD sets where it starts" if settings.threshold is not None
+              else f"`{model}` records no threshold of its own; this starts at {DEFAULT_THRESHOLD}"))
     show_heatmap = sidebar.toggle("Occlusion heatmap", value=True, key="heatmap",
                                   help="One extra request of 50 images: see app/heatmap.py")
-    model, version = served_model(choice, tta)
     sidebar.caption(f"Asking `{model}`" + (f" v{version}" if version else ""))
 
     images, refusal = _read(*limit_files(_inputs(settings.max_upload_mb), settings.max_files),

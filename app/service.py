@@ -77,6 +77,16 @@ class Service:
         """
         return self._classifier(model, version).classify(data, top_k=top_k)
 
+    def unsure_threshold(self, model: str) -> Optional[float]:
+        """``model``'s own "not sure" threshold (its config's, from its export.json), None without one.
+
+        A server that cannot be asked gives None: the page then says what is wrong when it classifies.
+        """
+        try:
+            return self._classifier(model).unsure_threshold(model)
+        except ClassifierError:
+            return None
+
     def preprocess(self, data: bytes) -> np.ndarray:
         """The server's `preprocess` output for ``data``: uint8 (224, 224, 3), letterboxed RGB.
 

@@ -17,7 +17,7 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 ENV WASTE_URL=server:8000 \
     WASTE_PROTOCOL=http \
     WASTE_MODEL=effnet_lite0 \
-    WASTE_THRESHOLD=0.5 \
+    WASTE_THRESHOLD=model \
     WASTE_MAX_UPLOAD_MB=32 \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1

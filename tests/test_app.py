@@ -57,6 +57,11 @@ def test_settings_env_then_command_line():
     assert (s.server_url, s.protocol, s.model, s.threshold) == ("x:2", "grpc", "m", 0.9)
     with pytest.raises(ValueError):
         load_settings(["--threshold", "1.5"], {})
+    # Unset (or "model"): the served model's own "not sure" threshold, read by the page.
+    assert load_settings([], {}).threshold is None
+    assert load_settings([], {"WASTE_THRESHOLD": "model"}).threshold is None
+    with pytest.raises(ValueError, match="'model' or a number"):
+        load_settings(["--threshold", "high"], {})
 
 
 def test_upload_limits_are_settings():
@@ -215,6 +220,23 @@ def test_low_score_reads_not_sure(monkeypatch, dev_server):
     at.file_uploader[0].upload("b.jpg", BATTERY.read_bytes(), "image/jpeg").run()
     assert not at.success
     assert at.warning[0].value.startswith("Not sure: is it ")
+
+
+def test_the_slider_starts_at_the_models_own_threshold(monkeypatch, unsure_server, dev_server):
+    """A model whose config records a "not sure" threshold starts the slider there; one without
+    starts at DEFAULT_THRESHOLD and says so; WASTE_THRESHOLD wins over both."""
+    from conftest import DEV_UNSURE_THRESHOLD
+
+    at = run_app(monkeypatch, unsure_server.http_url)
+    assert not at.exception
+    (slider,) = at.slider
+    assert slider.value == pytest.approx(DEV_UNSURE_THRESHOLD) and "own threshold" in slider.help
+    at = run_app(monkeypatch, dev_server.http_url)
+    (slider,) = at.slider
+    assert slider.value == pytest.approx(0.5) and "records no threshold" in slider.help
+    at = run_app(monkeypatch, unsure_server.http_url, WASTE_THRESHOLD="0.2")
+    (slider,) = at.slider
+    assert slider.value == pytest.approx(0.2) and "WASTE_THRESHOLD" in slider.help
 
 
 def test_tta_switch_asks_the_tta_ensemble(monkeypatch, dev_server):
