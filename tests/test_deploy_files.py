@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import child_pids
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 REPOSITORY = ROOT / "model_repository"
@@ -570,27 +572,13 @@ def test_liveness_command_fails_on_a_dead_stub_while_health_says_live(served_by_
     liveness = [sys.executable, str(DOCKER / "liveness.py"), "--url", http_url, "--model", "dev"]
     ok = subprocess.run(liveness, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "answered 12 probabilities" in ok.stdout, ok.stderr
-    (server,) = _children(process.pid, b"tritonserver") or [process.pid]
-    for pid in _children(server, b"/preprocess/"):
+    (server,) = child_pids(process.pid, b"tritonserver") or [process.pid]
+    for pid in child_pids(server, b"/preprocess/"):
         os.kill(pid, signal.SIGKILL)
     time.sleep(1)
     dead = subprocess.run(liveness, capture_output=True, text=True, timeout=60)
     assert dead.returncode == 1 and "is not healthy" in dead.stderr, (dead.stdout, dead.stderr)
     assert _status(f"http://{http_url}/v2/health/live") == 200  # what the old probe asked
-
-
-def _children(pid: int, needle: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 def test_the_clients_grpc_channel_spreads_requests_over_every_address_of_a_name(dev_server, tmp_path):

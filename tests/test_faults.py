@@ -21,6 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from conftest import child_pids
 from export.model_repository import write_dev_classifier, write_repository
 from server.launch import TritonServer, free_port, model_report, verify_exports
 
@@ -146,20 +147,6 @@ def test_corrupt_and_mismatched_models_fail_alone_and_launch_names_them(tmp_path
 
 # --- Issue 13.3: the supervisor never gives up silently, and tritonserver dies with its launcher ---
 
-def _children(pid: int, needle: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -192,8 +179,8 @@ def test_sigkilled_launcher_takes_tritonserver_and_its_stubs_with_it(tmp_path):
             assert line, "the launcher exited before serving"
             if "Ctrl-C to stop" in line:
                 break
-        (server,) = _children(proc.pid, b"tritonserver")
-        stubs = _children(server, b"triton_python_backend_stub")
+        (server,) = child_pids(proc.pid, b"tritonserver")
+        stubs = child_pids(server, b"triton_python_backend_stub")
         assert len(stubs) == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -229,7 +216,7 @@ def test_server_that_cannot_start_makes_the_launcher_exit_non_zero_after_n_attem
         assert f"start attempt {attempt} of 3 failed" in output, output
     assert "next attempt in 1.0 s" in output and "next attempt in 2.0 s" in output, output
     assert "gave up after 3 failed attempts in a row" in output, output
-    assert not _children(proc.pid, b"tritonserver")
+    assert not child_pids(proc.pid, b"tritonserver")
     print(f"\nlauncher gave up after 3 attempts in {took:.1f} s")
 
 
