@@ -202,7 +202,17 @@ coverage with two views has not been measured.
 
 ![risk-coverage curve]({kept}/unsure/risk_coverage.png)
 
-{_int8_trials(run_dir, q)}### The next model: full fine-tuning (not shipped yet)
+{_int8_trials(run_dir, q)}{_next_model(name, v)}"""
+
+
+
+def _next_model(name: str, v) -> str:
+    """The full fine-tuning section: a measured candidate's account (docs/runs/NAME_ft/CANDIDATE.md,
+    written beside that run's files) when there is one, else what the recipe is."""
+    candidate = Path("docs/runs") / f"{name}_ft" / "CANDIDATE.md"
+    if candidate.is_file():
+        return candidate.read_text().rstrip("\n")
+    return f"""### The next model: full fine-tuning (not shipped yet)
 
 `python -m training finetune --config training/configs/{name}_ft.toml` trains every layer of the
 backbone on views made on the fly from the server's decode, trim and letterbox: AdamW with warmup
@@ -219,7 +229,6 @@ percent of a core. `{name}` stays at v{v} until a run beats it on the test split
 suite. The ablation table (each ingredient's effect on validation) comes from
 `python -m training ablation BASELINE_RUN RUN...`, one short run per ingredient switched off;
 none has been run yet, so no ablation numbers are claimed."""
-
 
 def render(run_dir: Path, name: str, repo: Path, kept: Path, shown: str | None = None) -> str:
     """The card's text from the files of `run_dir`; commands name the run directory as `shown` (default run_dir)."""
