@@ -44,9 +44,13 @@ from ._settings import DEFAULT_TOP_K, UNSURE_OFF, ClientSettings, resolve
 
 logger = logging.getLogger(__name__)
 
-#: Actors in the pool; not yet measured on a cluster (docs/SCALING.md says how to choose).
-#: ``in_flight`` (requests outstanding per actor) and ``batch_size`` (photos per request)
-#: mean what they mean for the local engine and share its defaults.
+#: Actors in the pool. Measured on one 2-core box against one server (`python -m
+#: benchmarks.scorer_defaults`, BENCHMARKS.md "The scorer's engines and speed options"): 2 actors
+#: x 4 in flight within 3% of the best point (1 x 2), 4 actors 12-23% slower (they take the
+#: server's cores); two actors also keep the job moving while Ray replaces a killed one. On a
+#: cluster, scale with the servers (docs/SCALING.md). ``in_flight`` (requests outstanding per
+#: actor) and ``batch_size`` (photos per request) mean what they mean for the local engine and
+#: share its defaults.
 DEFAULT_ACTORS = 2
 #: Most identities per Ray Data pipeline: bounds the driver's memory on ten million
 #: sources (a few tens of MB per window); each window starts its actors again

@@ -94,9 +94,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT,
                        help="requests outstanding at once (per actor with --engine ray)")
     speed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                       help="photos per request (not yet chosen by measurement)")
+                       help="photos per request (default measured: BENCHMARKS.md)")
     speed.add_argument("--actors", type=int, default=DEFAULT_ACTORS,
-                       help="--engine ray: classifier actors (default: %(default)s, not yet chosen by measurement)")
+                       help="--engine ray: classifier actors (measured on one server; scale with servers: "
+                            "docs/SCALING.md)")
     speed.add_argument("--ray-address", default=None, help="--engine ray: cluster address (default: start Ray locally)")
 
     show = parser.add_argument_group("output on the terminal")
