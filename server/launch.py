@@ -44,11 +44,25 @@ class TritonServerError(RuntimeError):
     """The server did not become ready; the message ends with the tail of its log."""
 
 
+_GIVEN_PORTS: set = set()
+_GIVEN_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free right now (tritonserver itself cannot bind port 0 and report it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port the OS reports free right now (tritonserver itself cannot bind port 0 and report it).
+
+    Never one this process handed out before: the OS may offer a port again as soon as the probe
+    socket closes, and a server's three ports (or two servers started together) must differ.
+    """
+    with _GIVEN_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            if port not in _GIVEN_PORTS:
+                _GIVEN_PORTS.add(port)
+                return port
+    raise OSError("no free port that this process has not handed out already")
 
 
 class TritonServer:
