@@ -152,10 +152,12 @@ def matmul_flops_per_s(n: int = 1024, seconds: float = 2.0) -> float:
 
 def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int, key: str,
                 what: str, warmup: list | None = None) -> tuple[Row, list[dict]]:
-    """Rows 3-6: the bulk scorer's own code path (`score_folder` with a `Classifier`).
+    """Rows 3-6: the bulk scorer's own code path (`score_folder` with a `Classifier`), one photo
+    per request, so that these rows keep measuring the server at `in_flight` single-photo requests
+    (batching on/off, one request alone, INT8 vs FP32); the scorer's batched defaults are rows SC.
 
-    Each `classify` call is timed by subclassing the client, so the latency is the client's view
-    of one request; the Triton per-model counters over the run say where the server spent it.
+    Each request is timed by subclassing the client, so the latency is the client's view of one
+    request; the Triton per-model counters over the run say where the server spent it.
     """
     from waste_client import Classifier
     from waste_client.score import score_folder
@@ -167,6 +169,13 @@ def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int
             t = time.perf_counter()
             try:
                 return super().classify(*args, **kwargs)
+            finally:
+                self.latencies.append(time.perf_counter() - t)
+
+        def classify_batch(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return super().classify_batch(*args, **kwargs)
             finally:
                 self.latencies.append(time.perf_counter() - t)
 
@@ -182,11 +191,11 @@ def triton_bulk(servers, protocol: str, model: str, folder: Path, in_flight: int
         with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
             with CpuMeter([s._process.pid for s in servers]) as meter:
                 summary = score_folder(str(folder), client, os.path.join(tmp, "out.csv"),
-                                       in_flight=in_flight, progress=False)
+                                       in_flight=in_flight, batch_size=1, progress=False)
         after = [triton_metrics(s.metrics_url) for s in servers]
     if summary.errors:
         raise RuntimeError(f"{key}: {summary.errors} of {summary.scored} images failed")
-    note = f"{protocol}, {in_flight} in flight" + (f", {len(servers)} servers" if len(servers) > 1 else "")
+    note = f"{protocol}, 1 photo/request, {in_flight} in flight" + (f", {len(servers)} servers" if len(servers) > 1 else "")
     row = meter.fill(Row(key, what, summary.scored, summary.elapsed, list(client.latencies), note=note))
     return row, metrics_delta(before[0], after[0])
 
