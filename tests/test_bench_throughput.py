@@ -159,6 +159,10 @@ def test_issue16_targets_from_rows():
                if name.startswith("fastest")][0]
     assert "openvino fp32, OV" in fastest
     assert result["fastest served CPU path within 0.1 pt accuracy"] == pytest.approx(190 / 130)
+    # More accurate than FP32 ONNX Runtime (bfloat16 rounding can land either way) is no reason to exclude.
+    gained = [name for name, _, _ in targets(m, bounds, {"openvino fp32": 0.13, "openvino int8": -1.0})
+              if name.startswith("fastest")][0]
+    assert "openvino fp32, OV" in gained
     m["dup_cache1"] = Row("D1", "10% duplicates, cache on", 110, 1.0, note="n",
                           params={"cache": {"hits": 10, "misses": 100, "hit_share": 10 / 110}, "duplicates": 10})
     m["dup_nocache1"] = Row("D0", "10% duplicates, cache off", 100, 1.0, note="n", params={"duplicates": 10})
