@@ -14,6 +14,11 @@ the native backend's rules (triton-inference-server/openvino_backend, `src/openv
 
 `HINT_BF16` asks for bfloat16 where the CPU has it (AVX512_BF16 or AMX); on a CPU without, OpenVINO
 keeps float32. The precision the compiled model really uses is logged at load.
+
+CPU pinning is off: each instance is its own stub process with its own OpenVINO core, and each
+pins its threads to the same first cores, so two single-thread instances shared one core
+(`python -m benchmarks.openvino_pinning`: 2 such processes 159 images/s pinned, 308 unpinned, on a
+2-core AMD EPYC, 2026-12-04); the operating system spreads unpinned processes over the cores.
 """
 import json
 import sys
@@ -77,7 +82,7 @@ class TritonPythonModel:
 
 def compile_properties(config, model_name):
     """OpenVINO compile properties from the native backend's parameter keys (see module docstring)."""
-    properties = {}
+    properties = {"ENABLE_CPU_PINNING": False}  # see the module docstring
     for key in DEVICE_PARAMETERS:
         value = string_parameter(config, key)
         if value is None:
