@@ -194,9 +194,11 @@ def test_issue16_rows_run_through_the_runner(tmp_path, monkeypatch):
     folder = run.stage_folder(paths, tmp_path / "images")
     sweeps, deltas, titles = {}, {}, {}
     with contextlib.ExitStack() as stack:
-        m = run.triton_rows(argparse.Namespace(rounds=2), stack, tmp_path, {"fp32": onnx, "int8": onnx}, folder,
-                            paths, [p.read_bytes() for p in paths], [], (2,), sweeps, deltas, titles)
-    assert m["raw"].images == 8 and m["cmd"].images == 8 and m["ov16"].images == 8  # 2 rounds x 4
+        m = run.triton_rows(argparse.Namespace(rounds=2, job_copies=2), stack, tmp_path,
+                            {"fp32": onnx, "int8": onnx}, folder, paths, [p.read_bytes() for p in paths], [], (2,),
+                            sweeps, deltas, titles)
+    assert m["ov16"].images == 8  # 2 rounds x 4
+    assert m["raw"].images == 16 and m["cmd"].images == 16  # the job rows: 2 rounds x 2 copies x 4
     assert m["dup_cache1"].images == 2 * 4  # 4 photos, 10%: no copy; counts summed over rounds
     assert m["dup_cache1"].params["cache"]["misses"] == 8 and m["dup_cache1"].params["cache"]["hits"] == 0
     assert "scorer command" in m["cmd"].params["cpu_ms_per_image"]

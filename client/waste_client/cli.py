@@ -94,9 +94,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT,
                        help="requests outstanding at once (per actor with --engine ray)")
     speed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                       help="photos per request (default measured: BENCHMARKS.md)")
+                       help="photos per request (see BENCHMARKS.md)")
     speed.add_argument("--actors", type=int, default=DEFAULT_ACTORS,
-                       help="--engine ray: classifier actors (measured on one server; scale with servers: "
+                       help="--engine ray: classifier actors (measured on one server; scale them with the servers: "
                             "docs/SCALING.md)")
     speed.add_argument("--ray-address", default=None, help="--engine ray: cluster address (default: start Ray locally)")
 
