@@ -6,10 +6,29 @@ import platform
 import re
 import time
 import urllib.request
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shown_path(path) -> str:
+    """A path as a report shows it: relative to the repository when inside it, never machine-specific."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name
+
+
+def shown_command(module: str, argv: list[str]) -> str:
+    """`python -m MODULE ARGS` as a report shows it: absolute paths among the arguments made `shown_path`."""
+    parts = [shown_path(a) if a.startswith("/") else a for a in argv]
+    return " ".join(["python", "-m", module, *parts])
 
 
 @dataclass

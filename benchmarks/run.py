@@ -31,11 +31,10 @@ from benchmarks import runtimes
 from benchmarks import serving_targets as T
 from benchmarks.duplicates import duplicate_job
 from benchmarks.raw_loop import client_at, raw_asyncio_loop, scorer_command
-from benchmarks.measure import Row, interleaved, machine_description
+from benchmarks.measure import REPO_ROOT, Row, interleaved, machine_description, shown_command, shown_path
 from contract import DEFAULT_MODEL, classifier_model, int8_model, is_image_name, tta_model
 from export.model_repository import latest_version, write_repository
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = REPO_ROOT / "model_repository"
 NOTES = Path(__file__).resolve().parent / "notes.md"
 #: Written by `python -m benchmarks.scorer_defaults` (its own run, dated inside), appended after the notes.
@@ -46,15 +45,6 @@ NAME = DEFAULT_MODEL
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _shown(path) -> str:
-    """A path as the report shows it: relative to the repository when inside it, never machine-specific."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return path.name
 
 
 def _latest(name: str) -> str:
@@ -296,10 +286,10 @@ def main(argv=None) -> int:
     rows = ([m[label] for label in labels if label in m] + [report.best(sweeps["3"])]
             + [m[r.label] for r in P.TRITON_PLAN] + [m["7"], m["8"]] + [m[k] for k in ("B", "Bi") if k in m])
     elapsed = time.perf_counter() - started
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    int8_source = (f"`{_shown(args.int8_model)}`, the repository's INT8 model" if args.int8_model else
+    command = shown_command("benchmarks.run", argv if argv is not None else sys.argv[1:])
+    int8_source = (f"`{shown_path(args.int8_model)}`, the repository's INT8 model" if args.int8_model else
                    f"QDQ per-channel from `export/quantize.py` ({args.calibration_count} training images for calibration)")
-    setup = {"model": _shown(model), "gflop": flops / 1e9, "int8": int8_source, "images": len(paths),
+    setup = {"model": shown_path(model), "gflop": flops / 1e9, "int8": int8_source, "images": len(paths),
              "rounds": args.rounds, "job_copies": args.job_copies,
              "source": f"folder {args.images}" if args.images else "seeded draw of the test split"}
     doc = report.document(command=command, elapsed=elapsed, machine=machine, setup=setup, rows=rows, m=m,

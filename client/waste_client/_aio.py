@@ -172,6 +172,8 @@ class AsyncClassifier:
         if setting != UNSURE_FROM_MODEL:
             return None if setting == UNSURE_OFF else float(setting)
         name = model or self.model
+        if name in self._thresholds:  # every request asks: no lock once it is known
+            return self._thresholds[name]
         if self._threshold_lock is None:
             self._threshold_lock = asyncio.Lock()
         # One read per model, however many requests finish at once at the start of classify_many.

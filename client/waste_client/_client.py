@@ -211,6 +211,8 @@ class Classifier:
         if setting != UNSURE_FROM_MODEL:
             return None if setting == UNSURE_OFF else float(setting)
         name = model or self.model
+        if name in self._thresholds:  # every request asks: no lock once it is known
+            return self._thresholds[name]
         with self._threshold_lock:
             if name not in self._thresholds:
                 self._thresholds[name] = self._read_threshold(name)

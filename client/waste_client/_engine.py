@@ -31,7 +31,7 @@ Pair = Tuple[str, Outcome]
 
 #: Photos per inference request. Measured (`python -m benchmarks.scorer_defaults`, BENCHMARKS.md
 #: "The scorer's engines and speed options"): the rate plateaus from 8 photos per request (8 x 4
-#: within 2% of the best point, 16 x 4; 1 photo per request 22% lower), and 8 keeps a request's
+#: within 2% of the best point, 16 x 4; 1 photo per request 13-32% lower), and 8 keeps a request's
 #: photos few enough that one slow or failing request holds little back.
 DEFAULT_BATCH_SIZE = 8
 #: Requests outstanding at once (each of up to ``batch_size`` photos): 2, 4 and 8 are level at 8
