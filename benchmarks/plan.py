@@ -94,7 +94,8 @@ class TritonRow:
 
     ``loop`` "scorer" runs the bulk scorer's code path (`score_folder` with a `Classifier`);
     "shm" / "message" a plain gRPC loop with the input in system shared memory / in the message;
-    "raw" a plain asyncio tritonclient loop with ``per_request`` photos per request; "command"
+    "raw" a plain asyncio tritonclient loop with ``per_request`` photos per request ("raw_command":
+    the same loop as a whole process, `python -m benchmarks.raw_loop`); "command"
     `python -m waste_client score` as a whole process with ``args`` (with ``before``, the client
     package of that commit, taken with `git archive`, with its own defaults); "duplicates" the same
     command on a job with 10% exact duplicate photos (fresh bytes each round).
@@ -175,6 +176,11 @@ TRITON_PLAN = (
     TritonRow("raw1x16", "R1", "raw asyncio tritonclient loop", "on", 16, loop="raw", per_request=1),
     TritonRow("int8_raw8x4", "R8i", "INT8, raw asyncio tritonclient loop", "int8", 4, loop="raw", per_request=8),
     TritonRow("int8_raw1x16", "R1i", "INT8, raw asyncio tritonclient loop", "int8", 16, loop="raw", per_request=1),
+    # The same loop as a whole process (start-up, imports, reading the files), the scorer command's peer.
+    TritonRow("raw8x4_cmd", "R8w", "raw asyncio tritonclient loop, whole process", "on", 4, loop="raw_command",
+              per_request=8),
+    TritonRow("int8_raw8x4_cmd", "R8wi", "INT8, raw asyncio tritonclient loop, whole process", "int8", 4,
+              loop="raw_command", per_request=8),
     TritonRow("cmd", "SC", "python -m waste_client score", "on", loop="command"),
     TritonRow("int8_cmd", "SCi", "INT8, python -m waste_client score", "int8", loop="command"),
     # Issue 11 rewrote the scorer (identity, lock, sources, escaping): its throughput must not drop.
@@ -193,7 +199,7 @@ TRITON_PLAN = (
 )
 
 
-LOOPS = ("scorer", "shm", "message", "raw", "command", "duplicates")
+LOOPS = ("scorer", "shm", "message", "raw", "raw_command", "command", "duplicates")
 
 
 def check_plan(variants=VARIANTS, local=LOCAL_PLAN, triton=TRITON_PLAN) -> None:

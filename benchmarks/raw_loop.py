@@ -2,6 +2,9 @@
 
 - `raw_asyncio_loop`: the fastest client we know how to write, tritonclient's asyncio gRPC client
   with `per_request` photos per request and `in_flight` requests outstanding; nothing of ours.
+- `raw_command`: the same loop as a whole process (`python -m benchmarks.raw_loop FOLDER ...`:
+  start-up, imports, reading the files included), timed exactly as `scorer_command` is, so the
+  scorer-vs-raw target compares whole process with whole process, as issue 16 defines it.
 - `scorer_command`: `python -m waste_client score` as a user runs it (a subprocess: start-up,
   listing, reading, writing results included), with its own CPU per image from the kernel's
   accounting of the waited child.
@@ -10,10 +13,14 @@
 
 Targets are ratios of rows measured in one run (`ratio`): scorer / best raw loop >= 0.95, best
 served / bound >= 0.90.
+
+    python -m benchmarks.raw_loop FOLDER --url HOST:PORT --model NAME [--per-request 8] [--in-flight 4]
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import resource
 import subprocess
@@ -125,6 +132,34 @@ def client_at(commit: str, dest) -> Path:
     return root / "client"
 
 
+def _command_row(servers, command: list, key: str, what: str, images: int, note: str, params: dict,
+                 env: dict | None = None) -> tuple[Row, list[dict]]:
+    """`command` run as a whole process against `servers`: wall time, the server's CPU by process and
+    the command's own CPU (the kernel's accounting of the waited child) as "scorer command"."""
+    before = triton_metrics(servers[0].metrics_url)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with CpuMeter([s._process.pid for s in servers]) as meter:
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = triton_metrics(servers[0].metrics_url)
+    if done.returncode != 0:
+        raise RuntimeError(f"{key}: command exited {done.returncode}: {done.stderr[-2000:]}")
+    command_cpu = (used.ru_utime - children.ru_utime) + (used.ru_stime - children.ru_stime)
+    row = meter.fill(Row(key, what, images, seconds, [], note=note, params=params))
+    row.params.setdefault("cpu_ms_per_image", {})["scorer command"] = 1e3 * command_cpu / images
+    # This process only waited: its own share is the command's, accounted above.
+    row.params["cpu_ms_per_image"].pop("client (this process)", None)
+    if row.cpu_ours is not None:
+        row.cpu_ours += 100.0 * command_cpu / (seconds * (os.cpu_count() or 1))
+    return row, metrics_delta(before, after)
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
 def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
                    images: int | None = None, client_path=None) -> tuple[Row, list[dict]]:
     """`python -m waste_client score FOLDER` against `servers`, timed as a whole process.
@@ -159,34 +194,36 @@ def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
         When the command exits non-zero (its stderr's tail in the message).
     """
     folder = Path(folder)
-    if images is None:
-        images = sum(1 for p in folder.rglob("*") if p.is_file())
     urls = ",".join(s.grpc_url for s in servers)
+    env = dict(os.environ)
+    if client_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(client_path), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
         command = [sys.executable, "-m", "waste_client", "score", str(folder), "--url", urls,
                    "--model", model, "--out", os.path.join(tmp, "out.jsonl"), "--no-progress", *args]
-        env = dict(os.environ)
-        if client_path is not None:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(client_path), env.get("PYTHONPATH")) if p)
-        before = triton_metrics(servers[0].metrics_url)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with CpuMeter([s._process.pid for s in servers]) as meter:
-            start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            seconds = time.perf_counter() - start
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        after = triton_metrics(servers[0].metrics_url)
-    if done.returncode != 0:
-        raise RuntimeError(f"{key}: scorer exited {done.returncode}: {done.stderr[-2000:]}")
-    command_cpu = (used.ru_utime - children.ru_utime) + (used.ru_stime - children.ru_stime)
-    note = "whole command, defaults" if not args else "whole command, " + " ".join(args)
-    row = meter.fill(Row(key, what, images, seconds, [], note=note, params={"args": list(args)}))
-    row.params.setdefault("cpu_ms_per_image", {})["scorer command"] = 1e3 * command_cpu / images
-    # This process only waited: its own share is the command's, accounted above.
-    row.params["cpu_ms_per_image"].pop("client (this process)", None)
-    if row.cpu_ours is not None:
-        row.cpu_ours += 100.0 * command_cpu / (seconds * (os.cpu_count() or 1))
-    return row, metrics_delta(before, after)
+        note = "whole command, defaults" if not args else "whole command, " + " ".join(args)
+        return _command_row(servers, command, key, what, images if images is not None else _count_files(folder),
+                            note, {"args": list(args)}, env)
+
+
+def raw_command(servers, model: str, folder, per_request: int, in_flight: int, key: str, what: str, *,
+                images: int | None = None) -> tuple[Row, list[dict]]:
+    """The raw asyncio loop as a whole process (`python -m benchmarks.raw_loop`), timed like the scorer.
+
+    The process reads every file of `folder`, sends them `per_request` at a time with `in_flight`
+    requests outstanding to the first server, and exits non-zero unless each photo was answered.
+    Returns the row (its ``cpu_ms_per_image`` holds the process's CPU as "scorer command", the key
+    the overhead lines read) and the server's per-model counter deltas.
+    """
+    folder = Path(folder)
+    command = [sys.executable, "-m", "benchmarks.raw_loop", str(folder), "--url", servers[0].grpc_url,
+               "--model", model, "--per-request", str(per_request), "--in-flight", str(in_flight)]
+    note = (f"whole process, grpc asyncio, {per_request} photo{'s' * (per_request > 1)}/request, "
+            f"{in_flight} in flight")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)}
+    return _command_row(servers, command, key, what, images if images is not None else _count_files(folder),
+                        note, {"per_request": per_request, "in_flight": in_flight}, env)
 
 
 def cpu_seconds_per_image(row: Row) -> float:
@@ -230,3 +267,24 @@ def cpu_bound(preprocess: Row, classifier: Row, key: str, what: str, cores: int 
 def ratio(numerator: Row, denominator: Row) -> float:
     """images/s of one row over another's (a target's measured value)."""
     return numerator.images_per_s / denominator.images_per_s if denominator.images_per_s else 0.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="A raw asyncio tritonclient loop over a folder's files, as a "
+                                                 "whole process (the yardstick of benchmarks.raw_loop.raw_command).")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--url", required=True, help="the server's gRPC host:port")
+    parser.add_argument("--model", required=True, help="the ensemble")
+    parser.add_argument("--per-request", type=int, default=8)
+    parser.add_argument("--in-flight", type=int, default=4)
+    args = parser.parse_args(argv)
+    encoded = [p.read_bytes() for p in sorted(args.folder.rglob("*")) if p.is_file()]
+    answered = asyncio.run(_drive(args.url, args.model, request_batches(encoded, args.per_request),
+                                  args.in_flight, []))
+    # One JSON line for a person reading the log; the caller judges by the exit code.
+    sys.stdout.write(json.dumps({"photos": len(encoded), "answered": answered}) + "\n")
+    return 0 if answered == len(encoded) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,8 @@ from benchmarks.measure import Row
 
 #: Rows whose CPU use by process is tabulated.
 CPU_ROWS = ("on16", "on32", "on1", "tta", "off16", "int8", "int8_32", "shm0", "shm",
-            "raw8x4", "raw1x16", "cmd", "int8_raw8x4", "int8_raw1x16", "int8_cmd", "ov16", "ov_int8_16")
+            "raw8x4", "raw1x16", "raw8x4_cmd", "cmd", "int8_raw8x4", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd",
+            "ov16", "ov_int8_16")
 
 
 def fmt(value, digits=1):
@@ -82,6 +83,9 @@ def target_lines(m: dict, sweep_best: Row, accuracy: dict, accuracy16: dict | No
     issue16 = serving_targets.targets(m, bounds, accuracy16) if accuracy16 is not None else []
     for name, value, need in targets(m, sweep_best, accuracy) + issue16:
         lines.append(f"| {name} | {value:.2f} | {need:g} | {'yes' if value >= need else 'NO'} |")
+    reference = serving_targets.reference_lines(m)
+    if reference:
+        lines += ["", "For reference, against the raw loop inside the benchmark's process:", *reference]
     single = m["on1"]
     lines.append(f"\nSingle-image latency at one request in flight: p95 {single.percentile_ms(95):.1f} ms "
                  f"(p50 {single.percentile_ms(50):.1f} ms); in-process single image (decode + ORT) "

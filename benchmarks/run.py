@@ -30,7 +30,7 @@ from benchmarks import rows as R
 from benchmarks import runtimes
 from benchmarks import serving_targets as T
 from benchmarks.duplicates import duplicate_job
-from benchmarks.raw_loop import client_at, raw_asyncio_loop, scorer_command
+from benchmarks.raw_loop import client_at, raw_asyncio_loop, raw_command, scorer_command
 from benchmarks.measure import REPO_ROOT, Row, interleaved, machine_description, shown_command, shown_path
 from contract import DEFAULT_MODEL, classifier_model, int8_model, is_image_name, tta_model
 from export.model_repository import latest_version, write_repository
@@ -164,6 +164,9 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
         if row.loop == "raw":
             return lambda: raw_asyncio_loop(chosen, model, job_encoded, row.per_request, row.in_flight, row.key,
                                             row.what)
+        if row.loop == "raw_command":
+            return lambda: raw_command(chosen, model, job_folder, row.per_request, row.in_flight, row.key, row.what,
+                                       images=len(job_encoded))
         if row.loop == "command":
             client = client_at(row.before, tmp) if row.before else None
             return lambda: scorer_command(chosen, model, job_folder, row.key, row.what, row.args,

@@ -135,6 +135,8 @@ def test_the_runner_executes_every_row_of_the_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(runtimes, "agreement", lambda onnx, images, labels: record)
     monkeypatch.setattr(run, "raw_asyncio_loop", lambda servers, model, data, per, n, key, what:
                         (fixed(key, what, f"{per} photos/request, {n} in flight"), delta))
+    monkeypatch.setattr(run, "raw_command", lambda servers, model, folder, per, n, key, what, images:
+                        (fixed(key, what, "whole process"), delta))
     monkeypatch.setattr(run, "scorer_command", lambda servers, model, folder, key, what, args, images, client_path:
                         (fixed(key, what, "whole command"), delta))
     monkeypatch.setattr(run, "duplicate_job", lambda servers, model, paths, work, key, what, args, round_salt:

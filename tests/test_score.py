@@ -22,6 +22,7 @@ import pytest
 
 from waste_client import Classifier, ClassifierError, Prediction
 from waste_client._lock import OutputLock
+from waste_client._ray import LOCAL_START_ATTEMPTS
 from waste_client._results import ResultWriter, error_row, make_header, prediction_row, read_results
 from waste_client._walk import iter_images
 from waste_client.cli import main
@@ -609,6 +610,8 @@ def test_engine_ray_local_start_wait_is_the_knob_ray_reads(dev_server, tmp_path)
     assert proc.returncode == 3, proc.stderr[-3000:]  # unreachable: a later run can succeed
     assert "cannot start or join Ray (a local Ray): Timed out waiting for file" in proc.stderr
     assert "gcs_server_port" in proc.stderr
+    # A failed start is tried once more (Ray's own 30 s wait for the raylet has no knob), then reported.
+    assert proc.stderr.count("starting a local Ray failed") == LOCAL_START_ATTEMPTS - 1 == 1
 
 
 def test_the_command_leaves_this_process_logging_as_it_found_it(tmp_path):

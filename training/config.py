@@ -20,6 +20,8 @@ class TrainConfig:
     # model
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"  # "imagenet", a file path, or "random" (only on purpose)
+    # A second stage: start from a finished run's model.keras (every layer and the head), not from ImageNet.
+    init_from: str = ""
     image_size: int = INPUT_SIZE  # the serving contract's; a backbone at another size cannot be served
     head_units: int = 256
     head_dropout: float = 0.3

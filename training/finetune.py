@@ -16,7 +16,9 @@ letterbox. The recipe, each part a config key so an ablation can switch it off:
 - outlier exposure: a share `outlier_prob` of the training views are generated non-waste pictures
   (training/nonwaste.py, seeds apart from the evaluation set's) with a uniform target;
 - progressive resizing (`sizes = "160:4,192:3,224:3"`): the early epochs at a smaller size cost half
-  the CPU; the last ones are at the served 224 px.
+  the CPU; the last ones are at the served 224 px;
+- a second stage (`init_from = "<run>/model.keras"`): a finished run's weights, a new warmup and cosine
+  decay (a warm restart), so a run whose curves were still rising goes on without repeating its epochs.
 
 BatchNorm: the backbone's BatchNorm layers stay in inference mode (`bn_frozen = true`). Batches of
 32 give noisy batch statistics, and with progressive resizing the statistics of 160 px inputs would
@@ -287,6 +289,10 @@ def main(argv=None) -> dict:
     model = build_model(cfg.backbone, cfg.image_size, cfg.weights, cfg.head_units, cfg.head_dropout,
                         len(classes), dynamic=True)
     twin = build_model(cfg.backbone, cfg.image_size, "random", cfg.head_units, cfg.head_dropout, len(classes))
+    if cfg.init_from:
+        # Our own run's file (not a download), so Keras' safe mode stays on.
+        model.set_weights(keras.saving.load_model(cfg.init_from, compile=False).get_weights())
+        logger.info("weights from %s", cfg.init_from)
     if cfg.bn_frozen:
         freeze_batchnorm(model)
     steps = max(1, len(y_train) // cfg.batch_size)

@@ -67,6 +67,10 @@ MAX_FAILED_PASSES = 3
 #: Seconds a local Ray's GCS may take to start (Ray's default: 30; its own choice for a slow
 #: RocksDB-backed GCS: 120).
 LOCAL_START_WAIT_S = 120
+#: Tries at starting a local Ray. Ray waits a fixed 30 s for a new raylet to register with its GCS,
+#: with no knob; on a loaded 2-core CI machine a start has run out of it, where trying again is
+#: all a user would do.
+LOCAL_START_ATTEMPTS = 2
 
 # Identities travel as bytes: Arrow stores only valid UTF-8 strings, and a
 # local name that is not (carried with os.fsdecode's surrogateescape) must
@@ -159,6 +163,30 @@ def _from_columns(batch: Dict[str, np.ndarray]) -> Iterator[Pair]:
             yield identity, Prediction(str(batch["label"][i]), float(batch["score"][i]), pairs,
                                        str(batch["model"][i]), str(batch["version"][i]), identity,
                                        bool(batch["unsure"][i]), None if math.isnan(threshold) else threshold)
+
+
+def _stop_half_started_node(exc: BaseException) -> None:
+    """Stop the processes of a local Ray whose start failed part-way.
+
+    `ray.init` raises from inside the node's constructor, so the node never becomes Ray's global
+    one and `ray.shutdown` does not know it; its GCS and raylet would live on until this process
+    exits (Ray's reaper), beside the next attempt's. The half-built node is the ``self`` of a
+    frame in the traceback.
+    """
+    try:
+        from ray._private.node import Node
+    except ImportError:  # pragma: no cover - a Ray without the module: the reaper cleans up at exit
+        return
+    tb = exc.__traceback__
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("self")
+        if isinstance(node, Node):
+            try:
+                node.kill_all_processes(check_alive=False, allow_graceful=False)
+            except Exception:  # noqa: BLE001 - best effort; the reaper still stops them at exit
+                logger.debug("could not stop a half-started Ray node", exc_info=True)
+            return
+        tb = tb.tb_next
 
 
 class RayEngine:
@@ -266,8 +294,7 @@ class RayEngine:
                 # 40 MB binary once took longer and the job failed before it began. A user's
                 # own RAY_gcs_server_port_wait_time_s still wins.
                 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(LOCAL_START_WAIT_S))
-                # "local", not None: None would join a cluster `ray start` left on this machine.
-                ray.init(address="local", include_dashboard=False, **options)
+                self._start_local(options)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             where = address or "a local Ray"
             raise ClassifierError(f"cannot start or join Ray ({where}): {exc}", "UNAVAILABLE") from exc
@@ -275,6 +302,21 @@ class RayEngine:
         _cluster_errors_to_log(ray)
         logger.info("Ray %s: %s", "joined" if address else "started locally",
                     ray.cluster_resources())
+
+    def _start_local(self, options: Dict[str, Any]) -> None:
+        ray = self._ray
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            try:
+                # "local", not None: None would join a cluster `ray start` left on this machine.
+                ray.init(address="local", include_dashboard=False, **options)
+                return
+            except Exception as exc:  # noqa: BLE001 - as in _connect
+                _stop_half_started_node(exc)
+                ray.shutdown()
+                if attempt == LOCAL_START_ATTEMPTS:
+                    raise
+                logger.warning("starting a local Ray failed (%s); trying again (%d of %d)", exc, attempt + 1,
+                               LOCAL_START_ATTEMPTS)
 
     def unsure_threshold(self) -> Optional[float]:
         """The "not sure" threshold the actors apply, resolved on the driver the first time.
