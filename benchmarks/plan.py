@@ -116,6 +116,11 @@ class TritonRow:
     before: str = ""
 
 
+#: Rows 1c and 6c: the single-thread classifier of row 1 / 6a on every core at once (the server's
+#: instances at full load), at the best single-thread batch of that sweep.
+EVERY_CORE_ROWS = (("1c", "1", "ORT in-process, decoded pixels, every core busy"),
+                   ("6c", "6a", "INT8 ORT in-process, decoded pixels, every core busy"))
+
 #: Rows 1 and 6a: ORT on pre-decoded pixels, swept over BATCHES x THREADS.
 PIXEL_SWEEPS = (("1", "fp32", "ORT in-process, decoded pixels"),
                 ("6a", "int8", "INT8 ORT in-process, decoded pixels"))
@@ -190,6 +195,10 @@ TRITON_PLAN = (
               before="86f4caa"),
     TritonRow("ov16", "OV", "OpenVINO backend, bulk scorer", "ov", 16),
     TritonRow("ov_int8_16", "OVi", "INT8 on the OpenVINO backend, bulk scorer", "ov_int8", 16),
+    # The fastest-path target's rows: the scorer command on each runtime, as SC / SCi on ONNX Runtime.
+    TritonRow("ov_cmd", "SCo", "OpenVINO backend, python -m waste_client score", "ov", loop="command"),
+    TritonRow("ov_int8_cmd", "SCoi", "INT8 on the OpenVINO backend, python -m waste_client score", "ov_int8",
+              loop="command"),
     TritonRow("dup_nocache1", "D0", "10% duplicate photos, no response cache", "on", loop="duplicates",
               args=("--batch-size", "1")),
     TritonRow("dup_cache1", "D1", "10% duplicate photos, response cache on", "cache", loop="duplicates",

@@ -44,6 +44,40 @@ def ort_pixels(session, pixels: np.ndarray, batch: int, key: str, what: str, thr
                           params={"batch": batch, "threads": threads}))
 
 
+def ort_pixels_every_core(sessions: list, pixels: np.ndarray, batch: int, key: str, what: str) -> Row:
+    """The classifier as the server runs it at full load: one single-thread session per core, all at
+    once (ORT releases the GIL), each over all `pixels`, `batch` images per run.
+
+    A single-thread row measured alone has the other cores' caches, memory bandwidth and clock
+    headroom to itself; this one shares them as the server's instances do.
+    """
+    import threading
+
+    for session in sessions:
+        session.run([OUTPUT_NAME], {INPUT_NAME: pixels[:batch]})
+    latencies: list = []
+    start_gate = threading.Barrier(len(sessions))
+
+    def loop(session):
+        start_gate.wait()
+        for i in range(0, len(pixels), batch):
+            t = time.perf_counter()
+            session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})
+            latencies.append(time.perf_counter() - t)
+
+    workers = [threading.Thread(target=loop, args=(session,)) for session in sessions]
+    with CpuMeter() as meter:
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        seconds = time.perf_counter() - start
+    return meter.fill(Row(key, what, len(sessions) * len(pixels), seconds, latencies,
+                          note=f"{len(sessions)} sessions at once, batch {batch}, 1 ORT thread each",
+                          params={"batch": batch, "threads": 1, "sessions": len(sessions)}))
+
+
 def _setting(batch: int, threads: int) -> str:
     return f"batch {batch}" + (f", {threads} ORT thread{'s' * (threads > 1)}" if threads else "")
 

@@ -118,6 +118,14 @@ def local_rows(args, model: Path, int8: Path, encoded: list[bytes], phone: list[
         return lambda: R.ort_files(session, data, batch, row.key, row.what, threads)
 
     plan = {row.label: measure(row) for row in P.LOCAL_PLAN}
+    cores = os.cpu_count() or 1
+    for key, sweep_key, what in P.EVERY_CORE_ROWS:
+        kind = "int8" if sweep_key == "6a" else "fp32"
+        single = T.single_thread_best(sweeps[sweep_key])
+        if single is not None:
+            every = [R.ort_session(files[kind], 1) for _ in range(cores)]
+            plan[key] = (lambda every=every, b=single.params["batch"], key=key, what=what:
+                         R.ort_pixels_every_core(every, pixels, b, key, what))
     ovep_key, ovep_what = P.ORT_OPENVINO_ROW
     if runtimes.ort_openvino_python() is not None:
         batch, threads = chosen["best"]
@@ -283,11 +291,12 @@ def main(argv=None) -> int:
 
     # Row B / Bi has no measured run either: cores over the summed CPU per image of rows 2p and 1 / 6a.
     m.update(T.bound_rows(m, sweeps))
+    m.update(T.every_core_bound_rows(m))
     # Table order: in-process, the sweep's best point, the Triton plan, Keras, the limits.
     labels = ([key for key, _, _ in P.PIXEL_SWEEPS + P.OPENVINO_SWEEPS] + [r.label for r in P.LOCAL_PLAN]
-              + [P.ORT_OPENVINO_ROW[0]])
+              + [P.ORT_OPENVINO_ROW[0]] + [key for key, _, _ in P.EVERY_CORE_ROWS])
     rows = ([m[label] for label in labels if label in m] + [report.best(sweeps["3"])]
-            + [m[r.label] for r in P.TRITON_PLAN] + [m["7"], m["8"]] + [m[k] for k in ("B", "Bi") if k in m])
+            + [m[r.label] for r in P.TRITON_PLAN] + [m["7"], m["8"]] + [m[k] for k in ("B", "Bi", "Bc", "Bci") if k in m])
     elapsed = time.perf_counter() - started
     command = shown_command("benchmarks.run", argv if argv is not None else sys.argv[1:])
     int8_source = (f"`{shown_path(args.int8_model)}`, the repository's INT8 model" if args.int8_model else

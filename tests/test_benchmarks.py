@@ -120,6 +120,8 @@ def test_the_runner_executes_every_row_of_the_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "ort_pixels", lambda s, px, b, key, what, t=0: fixed(key, what, f"batch {b}",
                                                                                  {"batch": b, "threads": t}))
     monkeypatch.setattr(R, "ort_files", lambda s, data, b, key, what, t=0: fixed(key, what, f"batch {b}"))
+    monkeypatch.setattr(R, "ort_pixels_every_core", lambda sessions, px, b, key, what: fixed(
+        key, what, f"{len(sessions)} sessions", {"batch": b, "threads": 1}))
     monkeypatch.setattr(R, "preprocess_only", lambda m, data, key, what, draft=True, note="": fixed(key, what, note))
     monkeypatch.setattr(R, "start_servers", lambda stack, repos, caches=None: [
         started.append((repo / "preprocess" / "config.pbtxt").is_file()) or repo for repo in repos])
@@ -160,4 +162,7 @@ def test_the_runner_executes_every_row_of_the_plan(tmp_path, monkeypatch):
     doc = out.read_text()
     for row in (*plan.TRITON_PLAN, *plan.LOCAL_PLAN):
         assert f"| {row.key} | {row.what} |" in doc, row.label
+    for key, _, what in plan.EVERY_CORE_ROWS:
+        assert f"| {key} | {what} |" in doc
+    assert "| Bc | per-image CPU bound, FP32, every core busy |" in doc
     assert "2 server(s)" in doc and f"{run.NAME}_tta" in doc  # S2 got two servers, row 5 the TTA model
