@@ -2,7 +2,7 @@
 
 - `raw_asyncio_loop`: the fastest client we know how to write, tritonclient's asyncio gRPC client
   with `per_request` photos per request and `in_flight` requests outstanding; nothing of ours.
-- `raw_command`: the same loop as a whole process (`python -m benchmarks.raw_loop FOLDER ...`:
+- `raw_command`: the same loop as a whole process (`python -m benchmarks.raw_client FOLDER ...`:
   start-up, imports, reading the files included), timed exactly as `scorer_command` is, so the
   scorer-vs-raw target compares whole process with whole process, as issue 16 defines it.
 - `scorer_command`: `python -m waste_client score` as a user runs it (a subprocess: start-up,
@@ -14,13 +14,12 @@
 Targets are ratios of rows measured in one run (`ratio`): scorer / best raw loop >= 0.95, best
 served / bound >= 0.90.
 
-    python -m benchmarks.raw_loop FOLDER --url HOST:PORT --model NAME [--per-request 8] [--in-flight 4]
+The loop itself is `benchmarks.raw_client`, a module that imports nothing of the benchmark's, so
+its whole-process row pays only what such a client needs.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import resource
 import subprocess
@@ -29,47 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.measure import CpuMeter, Row, metrics_delta, triton_metrics
-from contract import ENSEMBLE_INPUT, ENSEMBLE_OUTPUT
-
-#: Top-k the raw loop asks the server for, as the scorer does (waste_client.DEFAULT_TOP_K).
-TOP_K = 3
-
-
-def request_batches(items: list, per_request: int) -> list[list]:
-    """`items` cut into requests of `per_request` (the last one shorter), order kept."""
-    if per_request < 1:
-        raise ValueError("per_request must be >= 1")
-    return [items[i:i + per_request] for i in range(0, len(items), per_request)]
-
-
-async def _drive(url: str, model: str, batches: list[list[bytes]], in_flight: int, latencies: list) -> int:
-    import tritonclient.grpc.aio as grpcaio
-
-    client = grpcaio.InferenceServerClient(url)
-    pending = iter(batches)
-    answered = 0
-
-    async def worker():
-        nonlocal answered
-        # One shared iterator: each worker takes the next request as soon as its previous one is
-        # answered, so exactly `in_flight` requests stay outstanding until the list runs out.
-        for batch in pending:
-            tensor = grpcaio.InferInput(ENSEMBLE_INPUT, [len(batch), 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[data] for data in batch], dtype=np.object_))
-            output = grpcaio.InferRequestedOutput(ENSEMBLE_OUTPUT, class_count=TOP_K)
-            t = time.perf_counter()
-            result = await client.infer(model, [tensor], outputs=[output])
-            latencies.append(time.perf_counter() - t)
-            answered += result.as_numpy(ENSEMBLE_OUTPUT).shape[0]
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-    finally:
-        await client.close()
-    return answered
+from benchmarks.raw_client import drive, request_batches
 
 
 def raw_asyncio_loop(servers, model: str, encoded: list[bytes], per_request: int, in_flight: int,
@@ -101,12 +61,12 @@ def raw_asyncio_loop(servers, model: str, encoded: list[bytes], per_request: int
     """
     batches = request_batches(encoded, per_request)
     warm: list = []
-    asyncio.run(_drive(servers[0].grpc_url, model, batches[:in_flight], in_flight, warm))
+    asyncio.run(drive(servers[0].grpc_url, model, batches[:in_flight], in_flight, warm))
     latencies: list = []
     before = triton_metrics(servers[0].metrics_url)
     with CpuMeter([s._process.pid for s in servers]) as meter:
         start = time.perf_counter()
-        answered = asyncio.run(_drive(servers[0].grpc_url, model, batches, in_flight, latencies))
+        answered = asyncio.run(drive(servers[0].grpc_url, model, batches, in_flight, latencies))
         seconds = time.perf_counter() - start
     after = triton_metrics(servers[0].metrics_url)
     if answered != len(encoded):
@@ -208,7 +168,7 @@ def scorer_command(servers, model: str, folder, key: str, what: str, args=(), *,
 
 def raw_command(servers, model: str, folder, per_request: int, in_flight: int, key: str, what: str, *,
                 images: int | None = None) -> tuple[Row, list[dict]]:
-    """The raw asyncio loop as a whole process (`python -m benchmarks.raw_loop`), timed like the scorer.
+    """The raw asyncio loop as a whole process (`python -m benchmarks.raw_client`), timed like the scorer.
 
     The process reads every file of `folder`, sends them `per_request` at a time with `in_flight`
     requests outstanding to the first server, and exits non-zero unless each photo was answered.
@@ -216,7 +176,7 @@ def raw_command(servers, model: str, folder, per_request: int, in_flight: int, k
     the overhead lines read) and the server's per-model counter deltas.
     """
     folder = Path(folder)
-    command = [sys.executable, "-m", "benchmarks.raw_loop", str(folder), "--url", servers[0].grpc_url,
+    command = [sys.executable, "-m", "benchmarks.raw_client", str(folder), "--url", servers[0].grpc_url,
                "--model", model, "--per-request", str(per_request), "--in-flight", str(in_flight)]
     note = (f"whole process, grpc asyncio, {per_request} photo{'s' * (per_request > 1)}/request, "
             f"{in_flight} in flight")
@@ -268,23 +228,3 @@ def ratio(numerator: Row, denominator: Row) -> float:
     """images/s of one row over another's (a target's measured value)."""
     return numerator.images_per_s / denominator.images_per_s if denominator.images_per_s else 0.0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="A raw asyncio tritonclient loop over a folder's files, as a "
-                                                 "whole process (the yardstick of benchmarks.raw_loop.raw_command).")
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--url", required=True, help="the server's gRPC host:port")
-    parser.add_argument("--model", required=True, help="the ensemble")
-    parser.add_argument("--per-request", type=int, default=8)
-    parser.add_argument("--in-flight", type=int, default=4)
-    args = parser.parse_args(argv)
-    encoded = [p.read_bytes() for p in sorted(args.folder.rglob("*")) if p.is_file()]
-    answered = asyncio.run(_drive(args.url, args.model, request_batches(encoded, args.per_request),
-                                  args.in_flight, []))
-    # One JSON line for a person reading the log; the caller judges by the exit code.
-    sys.stdout.write(json.dumps({"photos": len(encoded), "answered": answered}) + "\n")
-    return 0 if answered == len(encoded) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
