@@ -83,6 +83,29 @@ def test_a_stopped_run_resumes_where_it_stopped(shapes_run):
     assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-002"
 
 
+def test_a_second_stage_starts_from_a_finished_runs_weights(shapes_run):
+    """`init_from`: every layer and the head start from the first run's model.keras. At a zero learning
+    rate the trainable weights come out as they went in; from ImageNet (no init_from) they do not."""
+    import keras
+
+    from training.finetune import main as finetune_main
+
+    tmp, run, _, _ = shapes_run
+    first = keras.saving.load_model(run / "model.keras", compile=False)
+    base = [f"data_dir={tmp / 'data'}", f"manifest={tmp / 'manifest.csv'}", "limit_per_class=0", "sizes=64:1",
+            "lr=0.0", "weight_decay=0.0", "checkpoint_steps=0"]
+    config = ["--config", str(ROOT / "training/configs/tiny_ft.toml")]
+    finetune_main(config + base + [f"run_dir={tmp / 'stage2'}", f"init_from={run / 'model.keras'}"])
+    finetune_main(config + base + [f"run_dir={tmp / 'fresh'}"])
+    second = keras.saving.load_model(tmp / "stage2" / "model.keras", compile=False)
+    fresh = keras.saving.load_model(tmp / "fresh" / "model.keras", compile=False)
+    # The classifier's last Dense, trained in the first run (layer names may differ between builds).
+    kernel = {name: model.layers[-1].get_weights()[0] for name, model in
+              (("first", first), ("second", second), ("fresh", fresh))}
+    np.testing.assert_array_equal(kernel["second"], kernel["first"])
+    assert not np.array_equal(kernel["fresh"], kernel["first"])
+
+
 def test_the_server_answers_with_the_runs_own_classes(shapes_run):
     from server.launch import TritonServer
     from training.evaluate import predict
