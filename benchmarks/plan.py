@@ -181,6 +181,10 @@ TRITON_PLAN = (
     TritonRow("raw1x16", "R1", "raw asyncio tritonclient loop", "on", 16, loop="raw", per_request=1),
     TritonRow("int8_raw8x4", "R8i", "INT8, raw asyncio tritonclient loop", "int8", 4, loop="raw", per_request=8),
     TritonRow("int8_raw1x16", "R1i", "INT8, raw asyncio tritonclient loop", "int8", 16, loop="raw", per_request=1),
+    # Twice the photos outstanding: does a fuller pipeline (preprocess and classifier both busy)
+    # leave fewer idle cores? A candidate for "best served".
+    TritonRow("raw8x8", "R8x8", "raw asyncio tritonclient loop", "on", 8, loop="raw", per_request=8),
+    TritonRow("int8_raw8x8", "R8x8i", "INT8, raw asyncio tritonclient loop", "int8", 8, loop="raw", per_request=8),
     # The same loop as a whole process (start-up, imports, reading the files), the scorer command's peer.
     TritonRow("raw8x4_cmd", "R8w", "raw asyncio tritonclient loop, whole process", "on", 4, loop="raw_command",
               per_request=8),

@@ -19,8 +19,8 @@ from benchmarks.raw_loop import cpu_bound
 
 #: Served rows of each model, the candidates for "best served" and "fastest path".
 SERVED = {
-    "fp32": ("on16", "on32", "raw8x4", "raw1x16", "raw8x4_cmd", "cmd"),
-    "int8": ("int8", "int8_32", "int8_raw8x4", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"),
+    "fp32": ("on16", "on32", "raw8x4", "raw8x8", "raw1x16", "raw8x4_cmd", "cmd"),
+    "int8": ("int8", "int8_32", "int8_raw8x4", "int8_raw8x8", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"),
     "openvino fp32": ("ov16", "ov_cmd"),
     "openvino int8": ("ov_int8_16", "ov_int8_cmd"),
 }
@@ -44,7 +44,7 @@ BULK_PATHS = {
 #: both pay Python's start-up, imports, the first connection and reading the files.
 RAW = {"fp32": ("raw8x4_cmd",), "int8": ("int8_raw8x4_cmd",)}
 #: The raw loop inside the benchmark's process (warm, photos already in memory): a reference line.
-RAW_IN_PROCESS = {"fp32": ("raw8x4", "raw1x16"), "int8": ("int8_raw8x4", "int8_raw1x16")}
+RAW_IN_PROCESS = {"fp32": ("raw8x4", "raw8x8", "raw1x16"), "int8": ("int8_raw8x4", "int8_raw8x8", "int8_raw1x16")}
 COMMAND = {"fp32": "cmd", "int8": "int8_cmd"}
 #: Accuracy a served path may lose against the FP32 ONNX Runtime path, in points (a gain never
 #: disqualifies it).
@@ -182,8 +182,9 @@ def overhead_lines(m: dict) -> list[str]:
     hops, other processes), the client, and the cores left idle.
     """
     lines = []
-    for labels, bound_label in ((("on16", "raw8x4", "raw1x16", "raw8x4_cmd", "cmd"), "B"),
-                                (("int8", "int8_raw8x4", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"), "Bi")):
+    for labels, bound_label in ((("on16", "raw8x4", "raw8x8", "raw1x16", "raw8x4_cmd", "cmd"), "B"),
+                                (("int8", "int8_raw8x4", "int8_raw8x8", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"),
+                                 "Bi")):
         bound = m.get(bound_label)
         for label in labels:
             row = m.get(label)
