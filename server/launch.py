@@ -413,19 +413,24 @@ def _stub_model(pid: int) -> str:
         return ""
 
 
-def _stub_pids(server_pid: int) -> list[int]:
-    """Python backend stub processes whose parent is the tritonserver `server_pid`."""
-    pids = []
+def child_pids(pid: int, needle: bytes) -> list[int]:
+    """Processes whose parent is `pid` and whose command line contains `needle` (from /proc)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == server_pid and b"triton_python_backend_stub" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
+            if ppid == pid and needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
-    return pids
+    return found
+
+
+def _stub_pids(server_pid: int) -> list[int]:
+    """Python backend stub processes whose parent is the tritonserver `server_pid`."""
+    return child_pids(server_pid, b"triton_python_backend_stub")
 
 
 def _http_ok(url: str) -> bool:

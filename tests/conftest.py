@@ -130,18 +130,3 @@ def popen_reachable_by_ctrl_c(*args, **kwargs) -> subprocess.Popen:
 def ctrl_c_popen():
     """:func:`popen_reachable_by_ctrl_c`, for tests that send a child SIGINT (a Ctrl-C)."""
     return popen_reachable_by_ctrl_c
-
-
-def child_pids(pid: int, needle: bytes) -> list[int]:
-    """Processes whose parent is `pid` and whose command line contains `needle` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import child_pids
+from server.launch import child_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -234,6 +234,9 @@ def test_compose_hardening_and_proxy_wiring():
     assert services["server"]["healthcheck"]["test"][:3] == ["CMD", "python3", "/opt/waste/liveness.py"]
     volumes = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["proxy"]["volumes"])
     assert volumes["./nginx/nginx.conf"] == "/etc/nginx/nginx.conf"
+    # nginx.conf's pid and temp paths are relative to the prefix, which must be the tmpfs.
+    command = services["proxy"]["command"]
+    assert command[command.index("-p") + 1] == "/tmp/" and "/tmp" in services["proxy"]["tmpfs"]
     assert (DOCKER / "nginx" / "nginx.conf").is_file()
     conf = (DOCKER / "nginx" / "nginx.conf").read_text()
     ports = launcher_ports()
@@ -513,8 +516,9 @@ def test_compose_proxy_forwards_inference_and_refuses_the_rest(served_by_serve_s
     from server.launch import free_port
     port = free_port()
     conf = (DOCKER / "nginx" / "nginx.conf").read_text()
-    # Only what differs outside a container: addresses, paths, foreground, no root.
-    conf = (conf.replace("/tmp/", f"{tmp_path}/").replace("server server:8000;", f"server {http_url};")
+    # Only what differs outside a container: addresses, paths, foreground, no root. The prefix
+    # (-p) is this test's directory, as it is the tmpfs in compose.
+    conf = (conf.replace("server server:8000;", f"server {http_url};")
                 .replace("server server:8001;", f"server {grpc_url};")
                 .replace("listen 8443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;")
                 .replace("/etc/nginx/certs", str(certs))

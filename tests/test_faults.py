@@ -21,9 +21,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import child_pids
 from export.model_repository import write_dev_classifier, write_repository
-from server.launch import TritonServer, free_port, model_report, verify_exports
+from server.launch import TritonServer, _stub_model, child_pids, free_port, model_report, verify_exports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOOD = sorted((REPO_ROOT / "samples" / "garbage12").rglob("*.jpg"))
@@ -45,18 +44,7 @@ def _infer(client, model="dev", data=None):
 
 
 def _stub_pids(server_pid: int, model: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and "triton_python_backend_stub" in cmdline and f"/{model}/" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid in child_pids(server_pid, b"triton_python_backend_stub") if _stub_model(pid) == model]
 
 
 def test_killed_preprocess_stub_is_restarted_and_later_requests_succeed(tmp_path):
