@@ -119,8 +119,9 @@ def local_rows(args, model: Path, int8: Path, encoded: list[bytes], phone: list[
 
     plan = {row.label: measure(row) for row in P.LOCAL_PLAN}
     cores = os.cpu_count() or 1
+    sweep_kind = {key: kind for key, kind, _ in P.PIXEL_SWEEPS}
     for key, sweep_key, what in P.EVERY_CORE_ROWS:
-        kind = "int8" if sweep_key == "6a" else "fp32"
+        kind = sweep_kind[sweep_key]
         single = T.single_thread_best(sweeps[sweep_key])
         if single is not None:
             every = [R.ort_session(files[kind], 1) for _ in range(cores)]
