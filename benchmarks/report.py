@@ -5,12 +5,14 @@ import datetime as dt
 
 from benchmarks import serving_targets
 from benchmarks.measure import Row
+from benchmarks.plan import TRITON_PLAN
 
 #: Rows whose CPU use by process is tabulated.
-CPU_ROWS = ("on16", "on32", "on1", "tta", "off16", "int8", "int8_32", "shm0", "shm",
-            "raw8x4", "raw8x8", "raw1x16", "raw8x4_cmd", "cmd", "int8_raw8x4", "int8_raw8x8", "int8_raw1x16",
-            "int8_raw8x4_cmd", "int8_cmd",
-            "ov16", "ov_int8_16", "ov_cmd", "ov_int8_cmd")
+CPU_ROWS = ("on1", "tta", "off16", "shm0", "shm", *(label for rows in serving_targets.SERVED.values() for label in rows))
+
+
+#: Rows that score a job of `job_copies` x the images (benchmarks/run.py): every raw loop and command.
+JOB_ROWS = tuple(dict.fromkeys(r.key for r in TRITON_PLAN if r.loop in ("raw", "raw_command", "command")))
 
 
 def fmt(value, digits=1):
@@ -223,7 +225,7 @@ Every number below was measured in that one run.
 ## Setup
 
 - Model: `{setup['model']}` (FP32, {setup['gflop']:.3f} GFLOP per image counted from its Conv/Gemm/MatMul nodes); INT8: {setup['int8']}.
-- Images: the same {setup['images']} files for every row ({setup['source']}), sent in {setup['rounds']} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {setup['rounds']} x {setup['images']}; the Keras row runs the same files once. Rows R8, R8x8, R1, R8i, R8x8i, R1i, R8w, R8wi, SC, SCi, SCo, SCoi, SC0, SC0i score a job of {setup.get('job_copies', 1)} copies of them per round (the same files under new names; no response cache), so that the scorer command's start-up does not dominate a whole-process row.
+- Images: the same {setup['images']} files for every row ({setup['source']}), sent in {setup['rounds']} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {setup['rounds']} x {setup['images']}; the Keras row runs the same files once. Rows {', '.join(JOB_ROWS)} score a job of {setup.get('job_copies', 1)} copies of them per round (the same files under new names; no response cache), so that the scorer command's start-up does not dominate a whole-process row.
 - Latency is per request: one `session.run` / `predict` call for in-process rows, one `classify` call seen by the client for Triton rows.
 - "CPU ours %" = CPU seconds of this process + the Triton server(s) and their python stubs, over wall time x all cores.
 - Triton rows run repositories written by `export/model_repository.py` with the model above: the committed configs, or a variant declared in `benchmarks/plan.py` (row 4: dynamic batching off; rows V0-V2: one earlier choice put back, see "Changes tried").

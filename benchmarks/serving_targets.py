@@ -5,8 +5,8 @@ measure (no separate ORT + OpenVINO venv, no second model) leaves its target out
 inventing a value. Labels used:
 
 - FP32 / INT8 served rows: "on16", "on32" / "int8", "int8_32" (the bulk scorer's code path),
-  raw asyncio loops in this process "raw8x4", "raw1x16" / "int8_raw8x4", "int8_raw1x16" and as a
-  whole process "raw8x4_cmd" / "int8_raw8x4_cmd", the scorer as a command "cmd" / "int8_cmd", the
+  the plan's raw asyncio loops in this process (loop "raw") and as a whole process (loop
+  "raw_command") on variants "on" / "int8", the scorer as a command "cmd" / "int8_cmd", the
   openvino backend through the bulk scorer's code path "ov16" / "ov_int8_16" and through the scorer
   command "ov_cmd" / "ov_int8_cmd";
 - in-process: row 1 and 6a sweeps (single-thread classifier), "2p" (preprocess alone);
@@ -15,12 +15,26 @@ inventing a value. Labels used:
 from __future__ import annotations
 
 from benchmarks.measure import Row
+from benchmarks.plan import TRITON_PLAN
 from benchmarks.raw_loop import cpu_bound
 
+
+def _rows(variant: str, loop: str) -> tuple:
+    """Labels of the plan's rows of one repository variant and client loop, in plan order."""
+    return tuple(r.label for r in TRITON_PLAN if r.variant == variant and r.loop == loop)
+
+
+#: The raw loop inside the benchmark's process (warm, photos already in memory), every shape the
+#: plan measures: candidates for "best served", and for the scorer target a reference line.
+RAW_IN_PROCESS = {"fp32": _rows("on", "raw"), "int8": _rows("int8", "raw")}
+#: Issue 16 compares the scorer command with the raw loop "whole process" against "whole process":
+#: both pay Python's start-up, imports, the first connection and reading the files.
+RAW = {"fp32": _rows("on", "raw_command"), "int8": _rows("int8", "raw_command")}
+COMMAND = {"fp32": "cmd", "int8": "int8_cmd"}
 #: Served rows of each model, the candidates for "best served" and "fastest path".
 SERVED = {
-    "fp32": ("on16", "on32", "raw8x4", "raw8x8", "raw1x16", "raw8x4_cmd", "cmd"),
-    "int8": ("int8", "int8_32", "int8_raw8x4", "int8_raw8x8", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"),
+    "fp32": ("on16", "on32", *RAW_IN_PROCESS["fp32"], *RAW["fp32"], COMMAND["fp32"]),
+    "int8": ("int8", "int8_32", *RAW_IN_PROCESS["int8"], *RAW["int8"], COMMAND["int8"]),
     "openvino fp32": ("ov16", "ov_cmd"),
     "openvino int8": ("ov_int8_16", "ov_int8_cmd"),
 }
@@ -40,12 +54,6 @@ BULK_PATHS = {
     "openvino fp32": ("ov16",),
     "openvino int8": ("ov_int8_16",),
 }
-#: Issue 16 compares the scorer command with the raw loop "whole process" against "whole process":
-#: both pay Python's start-up, imports, the first connection and reading the files.
-RAW = {"fp32": ("raw8x4_cmd",), "int8": ("int8_raw8x4_cmd",)}
-#: The raw loop inside the benchmark's process (warm, photos already in memory): a reference line.
-RAW_IN_PROCESS = {"fp32": ("raw8x4", "raw8x8", "raw1x16"), "int8": ("int8_raw8x4", "int8_raw8x8", "int8_raw1x16")}
-COMMAND = {"fp32": "cmd", "int8": "int8_cmd"}
 #: Accuracy a served path may lose against the FP32 ONNX Runtime path, in points (a gain never
 #: disqualifies it).
 ACCURACY_TOLERANCE = 0.1
@@ -182,9 +190,7 @@ def overhead_lines(m: dict) -> list[str]:
     hops, other processes), the client, and the cores left idle.
     """
     lines = []
-    for labels, bound_label in ((("on16", "raw8x4", "raw8x8", "raw1x16", "raw8x4_cmd", "cmd"), "B"),
-                                (("int8", "int8_raw8x4", "int8_raw8x8", "int8_raw1x16", "int8_raw8x4_cmd", "int8_cmd"),
-                                 "Bi")):
+    for labels, bound_label in ((SERVED["fp32"], "B"), (SERVED["int8"], "Bi")):
         bound = m.get(bound_label)
         for label in labels:
             row = m.get(label)

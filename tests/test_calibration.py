@@ -35,3 +35,21 @@ def test_fit_sharpens_an_underconfident_model_and_lifts_a_neglected_class():
     temperature, bias = fit(probs, labels)
     assert temperature < 1.0
     assert bias[2] > bias[0] and bias[2] > bias[1]
+
+
+def test_two_classifiers_average_into_one_graph_with_the_same_contract(tmp_path):
+    import onnx
+    import pytest
+
+    from export.average import averaged
+
+    a, b = write_dev_classifier(tmp_path / "a", "dev", seed=1), write_dev_classifier(tmp_path / "b", "dev", seed=2)
+    x = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8)
+    both = tmp_path / "ab.onnx"
+    onnx.save(averaged(onnx.load(a), onnx.load(b)), both)
+    pa, pb, pab = _run(a, x), _run(b, x), _run(both, x)
+    assert not np.allclose(pa, pb) and np.allclose(pab, (pa + pb) / 2, atol=1e-6)
+    wrong = onnx.load(a)
+    wrong.graph.output[0].name = "probabilities"
+    with pytest.raises(ValueError, match="not a classifier"):
+        averaged(onnx.load(a), wrong)
