@@ -30,8 +30,9 @@ class Variant:
         Name the rows refer to.
     what : str
         What differs from the committed configs.
-    model : {"fp32", "int8"}
-        Which classifier file it serves.
+    model : {"fp32", "int8", "pair"}
+        Which classifier file it serves ("pair": the accurate two-model `effnet_lite0_pair`; its
+        variant and rows are left out when the repository has no such model).
     options : dict
         Keyword options of `export.model_repository.write_repository`.
     servers : int
@@ -59,12 +60,16 @@ VARIANTS = (
             options={"classifier": {"max_queue_delay_us": 500}, "preprocess": {"max_queue_delay_us": 1000}}),
     Variant("one2", "1 classifier instance with 2 ORT threads",
             options={"classifier": {"instances": 1, "threads": 2}}),
+    Variant("pref32", "classifier batches up to 32 (preferred 8, 16, 32)",
+            options={"classifier": {"preferred_batch_sizes": (8, 16, 32)}}),
     # Issue 16: the OpenVINO backend on the same ONNX files (bf16 where the CPU has it), and a
     # server with the response cache for the duplicate-photo job.
     Variant("ov", "classifier on the openvino backend", options={"classifier": {"backend": "openvino"}}),
     Variant("ov_int8", "INT8 classifier on the openvino backend", model="int8",
             options={"classifier": {"backend": "openvino"}}),
     Variant("cache", "the committed configs, server response cache 16 MiB", cache_bytes=16 << 20),
+    # Issue 14's opt-in accurate model: what its second network costs, served the same way.
+    Variant("pair", "the committed configs, the accurate pair's classifier (effnet_lite0_pair)", model="pair"),
 )
 
 
@@ -167,6 +172,8 @@ TRITON_PLAN = (
     TritonRow("delay05", "V0", "before: batcher delay 0.5 ms classifier + 1 ms preprocess", "delay05", 1),
     TritonRow("one2", "V2", "before: 1 classifier instance x 2 ORT threads", "one2", 16),
     TritonRow("one2_1", "V2", "before: 1 classifier instance x 2 ORT threads", "one2", 1),
+    TritonRow("pref32_raw8x8", "V3", "before: classifier batches up to 32 (preferred 8, 16, 32)", "pref32", 8,
+              loop="raw", per_request=8),
     # System shared memory for a client on the server's host: the same plain gRPC loop with and
     # without it, on the dataset photos and on 12 MP phone-sized ones.
     TritonRow("shm0", "3m0", "the same loop, input in the message", "on", 16, loop="message"),
@@ -202,6 +209,8 @@ TRITON_PLAN = (
     # The fastest-path target's rows: the scorer command on each runtime, as SC / SCi on ONNX Runtime.
     TritonRow("ov_cmd", "SCo", "OpenVINO backend, python -m waste_client score", "ov", loop="command"),
     TritonRow("ov_int8_cmd", "SCoi", "INT8 on the OpenVINO backend, python -m waste_client score", "ov_int8",
+              loop="command"),
+    TritonRow("pair_cmd", "SCp", "accurate pair (effnet_lite0_pair), python -m waste_client score", "pair",
               loop="command"),
     TritonRow("dup_nocache1", "D0", "10% duplicate photos, no response cache", "on", loop="duplicates",
               args=("--batch-size", "1")),

@@ -99,10 +99,10 @@ def target_lines(m: dict, sweep_best: Row, accuracy: dict, accuracy16: dict | No
     return lines
 
 
-def changes_table(m: dict, deltas: dict, sweep_rows: list[Row]) -> list[str]:
+def changes_table(m: dict, deltas: dict, sweep_rows: list[Row], classifier_sweep: list[Row] = ()) -> list[str]:
     """Each change with the effect predicted before measuring (rule stated) and the measured one.
 
-    The "before" variants (V0-V2) put one earlier choice back in the benchmark's repository; the
+    The "before" variants (V0-V3) put one earlier choice back in the benchmark's repository; the
     reference rows (3r, 3s, 6b) are the committed configuration measured in the same rounds.
     """
     lines = ["| change (before -> now) | predicted (rule, before measuring) | measured |", "|---|---|---|"]
@@ -172,6 +172,15 @@ def changes_table(m: dict, deltas: dict, sweep_rows: list[Row]) -> list[str]:
                          f"of CPU per image; a few % at most for ~0.5 MB files "
                          f"| {a.images_per_s:.1f} -> {b.images_per_s:.1f} img/s ({b.images_per_s / a.images_per_s:.2f}x), "
                          f"p50 {a.percentile_ms(50):.1f} -> {b.percentile_ms(50):.1f} ms |")
+    before, now = m.get("pref32_raw8x8"), m.get("raw8x8")
+    per_image = {r.params.get("batch"): r.seconds / r.images for r in classifier_sweep if r.params.get("threads") == 1}
+    if before and now and per_image.get(32) and per_image.get(4):
+        # The variant's batches reach 32 when enough photos are queued; now's stop at one 8-photo request.
+        lines.append(f"| classifier batches up to 32 (preferred 8, 16, 32) -> up to 8, 8 photos/request, 8 in flight "
+                     f"(rows V3 -> R8x8) | up to +{per_image[32] / per_image[4] - 1:.0%}: one ORT thread's FP32 time "
+                     f"per image at batch 32 against batch 4 (row 1 sweep), less where batches stayed small "
+                     f"| {before.images_per_s:.1f} -> {now.images_per_s:.1f} img/s "
+                     f"({now.images_per_s / before.images_per_s:.2f}x) |")
     s2 = m.get("s2")
     if s2 and now16:
         lines.append(f"| one server -> two local servers, client round-robin | <= 1.0x on 2 cores: both servers share "
@@ -228,7 +237,7 @@ Every number below was measured in that one run.
 - Images: the same {setup['images']} files for every row ({setup['source']}), sent in {setup['rounds']} interleaved rounds (rows A, B, C, A, B, C, ...), so a row's image count is {setup['rounds']} x {setup['images']}; the Keras row runs the same files once. Rows {', '.join(JOB_ROWS)} score a job of {setup.get('job_copies', 1)} copies of them per round (the same files under new names; no response cache), so that the scorer command's start-up does not dominate a whole-process row.
 - Latency is per request: one `session.run` / `predict` call for in-process rows, one `classify` call seen by the client for Triton rows.
 - "CPU ours %" = CPU seconds of this process + the Triton server(s) and their python stubs, over wall time x all cores.
-- Triton rows run repositories written by `export/model_repository.py` with the model above: the committed configs, or a variant declared in `benchmarks/plan.py` (row 4: dynamic batching off; rows V0-V2: one earlier choice put back, see "Changes tried").
+- Triton rows run repositories written by `export/model_repository.py` with the model above: the committed configs, or a variant declared in `benchmarks/plan.py` (row 4: dynamic batching off; rows V0-V3: one earlier choice put back, see "Changes tried").
 - Row 3 is the best point of the in-flight sweep; the other Triton rows were measured together in one interleaved plan, and the ratios between Triton rows compare rows of that plan.
 
 ## Results
@@ -259,7 +268,7 @@ D0/D1/D8: a bulk job with 10% exact duplicates (docs/PERFORMANCE.md).
 Each "before" is a repository variant of `benchmarks/plan.py`, measured in the same rounds as the
 committed "now".
 
-{chr(10).join(changes_table(m, deltas, sweeps['3']))}
+{chr(10).join(changes_table(m, deltas, sweeps['3'], sweeps.get('1', [])))}
 
 ## CPU per image by process (milliseconds of CPU time, all cores summed)
 

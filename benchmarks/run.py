@@ -7,7 +7,7 @@ The rows are declared in `benchmarks/plan.py`; this module only executes them: (
 ORT on decoded pixels, best batch; (2) the same with decode + letterbox; (3) bulk scoring through
 Triton with the client, gRPC and HTTP, best in-flight count; (4) dynamic batching off; (5) TTA vs
 plain; (6) INT8 vs FP32; (7) Keras model.predict one image at a time; (8) arithmetic limit
-(graph FLOPs / measured matmul FLOP/s); the repository variants (V0-V2). `benchmarks/report.py`
+(graph FLOPs / measured matmul FLOP/s); the repository variants (V0-V3). `benchmarks/report.py`
 writes the tables and the targets.
 """
 from __future__ import annotations
@@ -41,6 +41,9 @@ NOTES = Path(__file__).resolve().parent / "notes.md"
 ENGINES = Path(__file__).resolve().parent / "engines.md"
 #: Name of the classifier in the benchmark's repositories.
 NAME = DEFAULT_MODEL
+#: The committed model whose classifier rows SCp measures (export.average's mean of two networks), served
+#: under NAME in the benchmark's repository like every other variant.
+PAIR = f"{NAME}_pair"
 
 
 def log(message: str) -> None:
@@ -143,6 +146,8 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
     """Start one server per variant (two where a row needs them), run the sweep and TRITON_PLAN."""
     repositories, owners, caches = [], [], []
     for variant in P.VARIANTS:
+        if variant.model not in files:
+            continue
         repo = write_repository(tmp / f"repo_{variant.key}", {NAME: files[variant.model]}, **variant.options)
         repositories += [repo] * variant.servers
         owners += [variant.key] * variant.servers
@@ -196,7 +201,7 @@ def triton_rows(args, stack, tmp: Path, files: dict, folder: Path, paths: list[P
         m[label], deltas[label], titles[label] = row, delta, label
     sweeps["3"] = [m[r.label] for r in sweep]
     log(f"Triton plan: {len(P.TRITON_PLAN)} rows, {args.rounds} interleaved rounds")
-    for label, (row, delta) in interleaved({r.label: measure(r) for r in P.TRITON_PLAN}, args.rounds).items():
+    for label, (row, delta) in interleaved({r.label: measure(r) for r in P.TRITON_PLAN if r.variant in servers}, args.rounds).items():
         m[label], deltas[label], titles[label] = row, delta, f"{label}: {row.what}, {row.note}"
     return m
 
@@ -229,6 +234,9 @@ def main(argv=None) -> int:
                         help="rows R*/SC*: a job of this many copies of the images (start-up amortised)")
     parser.add_argument("--int8-model", default=_latest(int8_model(NAME)),
                         help=f"INT8 ONNX (default: the repository's {int8_model(NAME)}; '' quantizes --model now, QDQ)")
+    parser.add_argument("--pair-model", default=_latest(PAIR),
+                        help=f"the accurate pair's ONNX (default: the repository's {classifier_model(PAIR)}; "
+                             "'' leaves its rows out)")
     parser.add_argument("--calibration-count", type=int, default=64)
     parser.add_argument("--accuracy-count", type=int, default=0,
                         help="test-split images for the INT8 accuracy change (0: whole split)")
@@ -269,7 +277,8 @@ def main(argv=None) -> int:
             extra["quantize_s"] = time.perf_counter() - t
         phone = R.phone_sized(encoded[:16])
         m = local_rows(args, model, int8, encoded, phone, batches, sweeps)
-        m.update(triton_rows(args, stack, tmp, {"fp32": model, "int8": int8}, folder, paths, encoded, phone,
+        files = {"fp32": model, "int8": int8, **({"pair": Path(args.pair_model)} if args.pair_model else {})}
+        m.update(triton_rows(args, stack, tmp, files, folder, paths, encoded, phone,
                              in_flights, sweeps, deltas, titles))
         stack.close()
 

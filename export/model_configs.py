@@ -102,7 +102,7 @@ class Serving:
 DEVICES = ("cpu", "gpu")
 
 #: The committed defaults of each kind of model.
-CLASSIFIER = Serving(instances=2, threads=1, preferred_batch_sizes=(8, 16, 32))
+CLASSIFIER = Serving(instances=2, threads=1, preferred_batch_sizes=(8,))
 PREPROCESS = Serving(instances=2, preferred_batch_sizes=(4, 8))
 TTA_HELPER = Serving(instances=1)
 
@@ -148,7 +148,9 @@ def classifier_config(name: str, serving: Serving = CLASSIFIER, *, num_classes: 
     why_batching = [
         "# No batcher delay: at one request in flight a delay is pure waiting (BENCHMARKS.md rows",
         "# V1, V0 against 3s); under load batches still form from requests queued while both",
-        "# instances are busy.",
+        "# instances are busy. Batches stop at 8 (the batcher forms none above the largest preferred",
+        "# size): one ORT thread costs more per image in larger FP32 batches (BENCHMARKS.md, row 1",
+        "# sweep; row V3 against R8x8).",
     ] if measured else []
     why_instances = [
         "# Two single-threaded instances rather than one with two threads: BENCHMARKS.md row V2",

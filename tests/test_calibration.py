@@ -53,3 +53,25 @@ def test_two_classifiers_average_into_one_graph_with_the_same_contract(tmp_path)
     wrong.graph.output[0].name = "probabilities"
     with pytest.raises(ValueError, match="not a classifier"):
         averaged(onnx.load(a), wrong)
+
+
+def test_the_committed_pair_serves_its_graph_with_its_threshold(prod_server):
+    """`effnet_lite0_pair` through the real server: the published graph's probabilities, its own threshold."""
+    import json
+    from pathlib import Path
+
+    from export.model_repository import COMMITTED, latest_version
+    from training.preprocessing import imaging
+    from waste_client import Classifier
+
+    model = latest_version(COMMITTED / "effnet_lite0_pair_classifier")
+    record = json.loads((model.parent / "export.json").read_text())
+    photos = sorted(Path(__file__).resolve().parent.parent.joinpath("samples", "garbage12").rglob("*.jpg"))[::3]
+    expected = _run(model, np.stack([imaging.preprocess_bytes(p.read_bytes()) for p in photos]))
+    client = Classifier(prod_server.grpc_url, model="effnet_lite0_pair")
+    served = [client.classify(p.read_bytes()) for p in photos]
+    labels = record["classes"]
+    assert [s.label for s in served] == [labels[i] for i in expected.argmax(1)]
+    assert np.allclose([s.score for s in served], expected.max(1), atol=1e-4)
+    assert {s.threshold for s in served} == {record["unsure_threshold"]}
+    assert sum(s.label == p.parent.name for s, p in zip(served, photos)) >= len(photos) - 1
