@@ -30,9 +30,10 @@ class Variant:
         Name the rows refer to.
     what : str
         What differs from the committed configs.
-    model : {"fp32", "int8", "pair"}
-        Which classifier file it serves ("pair": the accurate two-model `effnet_lite0_pair`; its
-        variant and rows are left out when the repository has no such model).
+    model : {"fp32", "int8", "pair", "pair_int8"}
+        Which classifier file it serves ("pair", "pair_int8": the accurate two-network
+        `effnet_lite0_pair` and its INT8 twin; a variant and its rows are left out when the
+        repository has no such model).
     options : dict
         Keyword options of `export.model_repository.write_repository`.
     servers : int
@@ -70,6 +71,7 @@ VARIANTS = (
     Variant("cache", "the committed configs, server response cache 16 MiB", cache_bytes=16 << 20),
     # Issue 14's opt-in accurate model: what its second network costs, served the same way.
     Variant("pair", "the committed configs, the accurate pair's classifier (effnet_lite0_pair)", model="pair"),
+    Variant("pair_int8", "the committed configs, the pair's INT8 twin (effnet_lite0_pair_int8)", model="pair_int8"),
 )
 
 
@@ -212,6 +214,8 @@ TRITON_PLAN = (
               loop="command"),
     TritonRow("pair_cmd", "SCp", "accurate pair (effnet_lite0_pair), python -m waste_client score", "pair",
               loop="command"),
+    TritonRow("pair_int8_cmd", "SCpi", "INT8 pair (effnet_lite0_pair_int8), python -m waste_client score",
+              "pair_int8", loop="command"),
     TritonRow("dup_nocache1", "D0", "10% duplicate photos, no response cache", "on", loop="duplicates",
               args=("--batch-size", "1")),
     TritonRow("dup_cache1", "D1", "10% duplicate photos, response cache on", "cache", loop="duplicates",

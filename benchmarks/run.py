@@ -237,6 +237,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pair-model", default=_latest(PAIR),
                         help=f"the accurate pair's ONNX (default: the repository's {classifier_model(PAIR)}; "
                              "'' leaves its rows out)")
+    parser.add_argument("--pair-int8-model", default=_latest(int8_model(PAIR)),
+                        help=f"its INT8 twin (default: the repository's {classifier_model(int8_model(PAIR))}; "
+                             "'' leaves its rows out)")
     parser.add_argument("--calibration-count", type=int, default=64)
     parser.add_argument("--accuracy-count", type=int, default=0,
                         help="test-split images for the INT8 accuracy change (0: whole split)")
@@ -277,7 +280,8 @@ def main(argv=None) -> int:
             extra["quantize_s"] = time.perf_counter() - t
         phone = R.phone_sized(encoded[:16])
         m = local_rows(args, model, int8, encoded, phone, batches, sweeps)
-        files = {"fp32": model, "int8": int8, **({"pair": Path(args.pair_model)} if args.pair_model else {})}
+        pairs = {"pair": args.pair_model, "pair_int8": args.pair_int8_model}
+        files = {"fp32": model, "int8": int8, **{kind: Path(path) for kind, path in pairs.items() if path}}
         m.update(triton_rows(args, stack, tmp, files, folder, paths, encoded, phone,
                              in_flights, sweeps, deltas, titles))
         stack.close()

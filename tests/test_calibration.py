@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from export.calibrate import calibrated_onnx, fit
 from export.model_repository import write_dev_classifier
@@ -55,8 +56,9 @@ def test_two_classifiers_average_into_one_graph_with_the_same_contract(tmp_path)
         averaged(onnx.load(a), wrong)
 
 
-def test_the_committed_pair_serves_its_graph_with_its_threshold(prod_server):
-    """`effnet_lite0_pair` through the real server: the published graph's probabilities, its own threshold."""
+@pytest.mark.parametrize("name", ["effnet_lite0_pair", "effnet_lite0_pair_int8"])
+def test_the_committed_pair_serves_its_graph_with_its_threshold(prod_server, name):
+    """The pair (and its INT8 twin) through the real server: the published graph's probabilities, its own threshold."""
     import json
     from pathlib import Path
 
@@ -64,11 +66,11 @@ def test_the_committed_pair_serves_its_graph_with_its_threshold(prod_server):
     from training.preprocessing import imaging
     from waste_client import Classifier
 
-    model = latest_version(COMMITTED / "effnet_lite0_pair_classifier")
+    model = latest_version(COMMITTED / f"{name}_classifier")
     record = json.loads((model.parent / "export.json").read_text())
     photos = sorted(Path(__file__).resolve().parent.parent.joinpath("samples", "garbage12").rglob("*.jpg"))[::3]
     expected = _run(model, np.stack([imaging.preprocess_bytes(p.read_bytes()) for p in photos]))
-    client = Classifier(prod_server.grpc_url, model="effnet_lite0_pair")
+    client = Classifier(prod_server.grpc_url, model=name)
     served = [client.classify(p.read_bytes()) for p in photos]
     labels = record["classes"]
     assert [s.label for s in served] == [labels[i] for i in expected.argmax(1)]
