@@ -41,8 +41,8 @@ NOTES = Path(__file__).resolve().parent / "notes.md"
 ENGINES = Path(__file__).resolve().parent / "engines.md"
 #: Name of the classifier in the benchmark's repositories.
 NAME = DEFAULT_MODEL
-#: The committed model whose classifier rows SCp measures (export.average's mean of two networks), served
-#: under NAME in the benchmark's repository like every other variant.
+#: The committed two-network model (export.average) whose classifier and INT8 twin rows SCp / SCpi
+#: measure, served under NAME in the benchmark's repository like every other variant.
 PAIR = f"{NAME}_pair"
 
 
