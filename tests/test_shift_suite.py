@@ -92,6 +92,12 @@ def test_ablation_table_names_what_each_run_changed(tmp_path):
                                                       "best_val_loss": 0.1, "best_val_min_recall": 0.9}))
     text = table([tmp_path / "base", tmp_path / "no_mix"])
     assert "| base | (baseline) |" in text and "mix_prob=0.0" in text and "-0.50" in text
+    assert text.splitlines()[-1].endswith("| - | - |")  # no shift-suite score: no number made up
+
+    for name, acc in (("base", 0.95), ("no_mix", 0.96)):
+        (tmp_path / name / "eval_val_shift").mkdir()
+        (tmp_path / name / "eval_val_shift" / "metrics.json").write_text(json.dumps({"plain": {"accuracy": acc}}))
+    assert table([tmp_path / "base", tmp_path / "no_mix"]).splitlines()[-1].endswith("| 0.9600 | +1.00 |")
 
 
 def test_threshold_is_recorded_in_export_json_without_touching_the_model(tmp_path):

@@ -5,7 +5,11 @@
 Each run directory is a `python -m training finetune` run (config.json, summary.json,
 history.csv). A row names the config keys in which the run differs from the baseline and its
 best validation numbers, so a row reads "without mixup: -0.4 pt". Runs of different lengths are
-flagged, because their numbers do not compare. Example set of runs, each the baseline config
+flagged, because their numbers do not compare. Validation accuracy rewards fitting the dataset's
+own framing; augmentation aims at photos framed otherwise, so a run that also holds
+`eval_val_shift/metrics.json` (`python -m training evaluate RUN/model.onnx --split val --shift
+--out RUN/eval_val_shift`: the shift suite built from the validation split) gets that accuracy in
+a column of its own. Example set of runs, each the baseline config
 with one override: `mix_prob=0`, `label_smoothing=0`, `restage_prob=0 augment_strength=0`,
 `class_weight_power=0`, `outlier_prob=0`, `sizes="224:N"` (no progressive resizing), `bn_frozen=false`.
 """
@@ -15,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+#: Where a run keeps its validation shift-suite score.
+VAL_SHIFT = Path("eval_val_shift") / "metrics.json"
 #: Keys that never make two runs' recipes differ.
 IGNORED = {"run_dir", "name", "workers", "cache_dir", "eager", "checkpoint_steps"}
 
@@ -23,9 +29,11 @@ def run_record(run: Path) -> dict:
     """Config and best validation numbers of one run directory."""
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
+    shift = json.loads((run / VAL_SHIFT).read_text())["plain"]["accuracy"] if (run / VAL_SHIFT).exists() else None
     return {"run": run.name, "config": config, "epochs_done": summary.get("epochs_done"),
             "epochs": summary.get("epochs"), "val_accuracy": summary["best_val_accuracy"],
-            "val_min_recall": summary.get("best_val_min_recall"), "val_loss": summary["best_val_loss"]}
+            "val_min_recall": summary.get("best_val_min_recall"), "val_loss": summary["best_val_loss"],
+            "val_shift_accuracy": shift}
 
 
 def differences(config: dict, baseline: dict) -> str:
@@ -38,14 +46,18 @@ def table(runs: list[Path]) -> str:
     """Markdown table, the first run the baseline; differences in points of validation accuracy."""
     records = [run_record(r) for r in runs]
     base = records[0]
-    rows = ["| run | differs from baseline in | epochs | val accuracy | change (pt) | val lowest recall |",
-            "|---|---|---:|---:|---:|---:|"]
+    rows = ["| run | differs from baseline in | epochs | val accuracy | change (pt) | val lowest recall "
+            "| val shift suite | change (pt) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         unfinished = "" if r["epochs_done"] == r["epochs"] else " (unfinished)"
         recall = f"{r['val_min_recall']:.3f}" if r["val_min_recall"] is not None else "-"
+        shift, base_shift = r["val_shift_accuracy"], base["val_shift_accuracy"]
+        shift_cells = (f"{shift:.4f} | {100 * (shift - base_shift):+.2f}" if shift is not None and base_shift is not None
+                       else f"{shift:.4f} | -" if shift is not None else "- | -")
         rows.append(f"| {r['run']} | {differences(r['config'], base['config'])} | {r['epochs_done']}/{r['epochs']}"
                     f"{unfinished} | {r['val_accuracy']:.4f} | {100 * (r['val_accuracy'] - base['val_accuracy']):+.2f} | "
-                    f"{recall} |")
+                    f"{recall} | {shift_cells} |")
     return "\n".join(rows)
 
 

@@ -228,7 +228,7 @@ finish in the session that wrote it: the shared 2-core machine gave the low-prio
 percent of a core. `{name}` stays at v{v} until a run beats it on the test split and the shift
 suite. The ablation table (each ingredient's effect on validation) comes from
 `python -m training ablation BASELINE_RUN RUN...`, one short run per ingredient switched off;
-none has been run yet, so no ablation numbers are claimed."""
+the runs behind it and the table are in `docs/runs/ablation/`."""
 
 def render(run_dir: Path, name: str, repo: Path, kept: Path, shown: str | None = None) -> str:
     """The card's text from the files of `run_dir`; commands name the run directory as `shown` (default run_dir)."""
