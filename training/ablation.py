@@ -53,11 +53,11 @@ def table(runs: list[Path]) -> str:
         unfinished = "" if r["epochs_done"] == r["epochs"] else " (unfinished)"
         recall = f"{r['val_min_recall']:.3f}" if r["val_min_recall"] is not None else "-"
         shift, base_shift = r["val_shift_accuracy"], base["val_shift_accuracy"]
-        shift_cells = (f"{shift:.4f} | {100 * (shift - base_shift):+.2f}" if shift is not None and base_shift is not None
-                       else f"{shift:.4f} | -" if shift is not None else "- | -")
+        shift_cell = "-" if shift is None else f"{shift:.4f}"
+        shift_change = "-" if shift is None or base_shift is None else f"{100 * (shift - base_shift):+.2f}"
         rows.append(f"| {r['run']} | {differences(r['config'], base['config'])} | {r['epochs_done']}/{r['epochs']}"
                     f"{unfinished} | {r['val_accuracy']:.4f} | {100 * (r['val_accuracy'] - base['val_accuracy']):+.2f} | "
-                    f"{recall} | {shift_cells} |")
+                    f"{recall} | {shift_cell} | {shift_change} |")
     return "\n".join(rows)
 
 
