@@ -106,6 +106,37 @@ def test_a_second_stage_starts_from_a_finished_runs_weights(shapes_run):
     assert not np.array_equal(kernel["fresh"], kernel["first"])
 
 
+def test_distillation_targets_are_the_teachers_probabilities_on_the_same_view(shapes_run):
+    """`teacher` + `distill_weight`: the exported classifier's probabilities on each (mixed, smaller)
+    view replace that share of the target, and the run records which teacher file it learned from."""
+    from training.config import TrainConfig
+    from training.dataset import load_split
+    from training.distill import Teacher
+    from training.finetune import AugmentedBatches, class_weights
+    from training.finetune import main as finetune_main
+
+    tmp, run, repo, _ = shapes_run
+    onnx = repo / "shapes_classifier" / "1" / "model.onnx"
+    teacher = Teacher(onnx)
+    items = load_split(run / "manifest.csv", str(tmp / "data"), 0, CLASSES)["train"]
+    weights = class_weights(np.array([label for _, label in items]), 3, 0.5)
+    made = {}
+    for share in (0.0, 0.5, 1.0):
+        cfg = TrainConfig(batch_size=8, workers=1, mix_prob=1.0, outlier_prob=0.0, distill_weight=share)
+        made[share] = AugmentedBatches(items, 3, cfg, 64, 0, weights, teacher=teacher if share else None)[0]
+    x, hard, _ = made[0.0]
+    np.testing.assert_array_equal(made[1.0][0], x)  # the teacher changes targets, never the views
+    np.testing.assert_allclose(made[1.0][1], teacher(x), atol=1e-5)
+    np.testing.assert_allclose(made[0.5][1], (hard + made[1.0][1]) / 2, atol=1e-5)
+    assert not np.allclose(made[1.0][1], hard)
+
+    finetune_main(["--config", str(ROOT / "training/configs/tiny_ft.toml"), f"data_dir={tmp / 'data'}",
+                   f"manifest={tmp / 'manifest.csv'}", f"run_dir={tmp / 'distilled'}", "limit_per_class=0",
+                   "sizes=64:1", "checkpoint_steps=0", f"teacher={onnx}", "distill_weight=0.7"])
+    summary = json.loads((tmp / "distilled" / "summary.json").read_text())
+    assert summary["teacher_sha256"] == teacher.sha256 and summary["finished"]
+
+
 def test_the_server_answers_with_the_runs_own_classes(shapes_run):
     from server.launch import TritonServer
     from training.evaluate import predict

@@ -58,6 +58,10 @@ class TrainConfig:
     outlier_prob: float = 0.05  # share of training views replaced by generated non-waste pictures, uniform target
     class_weight_power: float = 0.5  # sample weight = (inverse class frequency) ** power, mean 1; 0 = none
     bn_frozen: bool = True  # backbone BatchNorm in inference mode (see training/finetune.py)
+    # distillation (training/distill.py): a share `distill_weight` of every target is the teacher's
+    # probabilities on the same view; the teacher is an exported classifier ONNX, e.g. the pair's
+    teacher: str = ""
+    distill_weight: float = 0.0
     workers: int = 2  # threads preparing augmented batches while the model trains
     checkpoint_steps: int = 50  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
     eager: bool = False  # run the training step eagerly: faster than tracing the graph for a few tiny steps (tests)

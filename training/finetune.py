@@ -17,6 +17,8 @@ letterbox. The recipe, each part a config key so an ablation can switch it off:
   (training/nonwaste.py, seeds apart from the evaluation set's) with a uniform target;
 - progressive resizing (`sizes = "160:4,192:3,224:3"`): the early epochs at a smaller size cost half
   the CPU; the last ones are at the served 224 px;
+- distillation (`teacher`, `distill_weight`, training/distill.py): part of each target is an exported
+  classifier's probabilities on the same view, e.g. the pair's, to carry its accuracy into one network;
 - a second stage (`init_from = "<run>/model.keras"`): a finished run's weights, a new warmup and cosine
   decay (a warm restart), so a run whose curves were still rising goes on without repeating its epochs.
 
@@ -51,6 +53,7 @@ import numpy as np  # noqa: E402
 from training.augment import train_view  # noqa: E402
 from training.config import TrainConfig, parse_overrides  # noqa: E402
 from training.dataset import load_split, resolve_classes  # noqa: E402
+from training.distill import Teacher, soft_targets  # noqa: E402
 from training.model import build_model, freeze_batchnorm  # noqa: E402
 from training.nonwaste import KINDS, TRAIN_SEED, nonwaste_image  # noqa: E402
 from training.plots import plot_history  # noqa: E402
@@ -84,10 +87,11 @@ class AugmentedBatches(keras.utils.PyDataset):
     """One epoch of augmented batches; batch `i` of epoch `e` is the same whenever it is made (resume-safe)."""
 
     def __init__(self, items, num_classes: int, cfg: TrainConfig, size: int, epoch: int, weights: np.ndarray,
-                 start: int = 0):
+                 start: int = 0, teacher: Teacher | None = None):
         super().__init__(workers=cfg.workers, use_multiprocessing=False, max_queue_size=max(2, 2 * cfg.workers))
         self.items, self.num_classes, self.cfg, self.size, self.epoch = items, num_classes, cfg, size, epoch
         self.weights, self.start = weights, start  # `start`: batches already trained before a mid-epoch stop
+        self.teacher = teacher
         self.order = np.random.default_rng([cfg.seed, epoch]).permutation(len(items))
 
     @property
@@ -120,6 +124,8 @@ class AugmentedBatches(keras.utils.PyDataset):
             y[j], w[j] = 1.0 / self.num_classes, 1.0
         if rng.random() < cfg.mix_prob:
             x, y, w = mix(x, y, w, rng, cfg.mixup_alpha, cfg.cutmix_alpha)
+        if self.teacher is not None:
+            y = soft_targets(y, self.teacher(x), cfg.distill_weight)
         return x, y, w
 
 
@@ -311,6 +317,9 @@ def main(argv=None) -> dict:
         logger.info("resumed %s after epoch %d + %d steps (optimizer step %d)", run, state["epoch"],
                     state.get("step", 0), int(optimizer.iterations))
     weights = class_weights(y_train, len(classes), cfg.class_weight_power)
+    teacher = Teacher(cfg.teacher) if cfg.teacher and cfg.distill_weight > 0 else None
+    if teacher:
+        logger.info("teacher %s (sha256 %s), weight %.2f", cfg.teacher, teacher.sha256[:12], cfg.distill_weight)
     val_pixels = served_pixels(splits["val"], cfg.image_size)
 
     last = len(sizes) if not args.stop_after else min(len(sizes), state["epoch"] + args.stop_after)
@@ -318,7 +327,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         keras.utils.set_random_seed(cfg.seed * 1000 + epoch)  # dropout masks: a resumed epoch repeats exactly
         data = AugmentedBatches(splits["train"], len(classes), cfg, sizes[epoch], epoch, weights,
-                                start=state.pop("step", 0))
+                                start=state.pop("step", 0), teacher=teacher)
         tty = sys.stderr.isatty()
         callbacks = [StepCheckpoint(run, epoch, data, state, cfg.checkpoint_steps)]
         fit = model.fit(data, epochs=1, verbose=1 if tty else 2,
@@ -343,7 +352,8 @@ def main(argv=None) -> dict:
                    "epochs_done": epoch + 1, "epochs": len(sizes), "finished": epoch + 1 == len(sizes),
                    "best_epoch": state["best"]["epoch"], "best_val_accuracy": state["best"]["val_accuracy"],
                    "best_val_loss": state["best"]["val_loss"], "best_val_min_recall": state["best"]["val_min_recall"],
-                   "wall_seconds": state["elapsed_seconds"]}
+                   "wall_seconds": state["elapsed_seconds"],
+                   **({"teacher": cfg.teacher, "teacher_sha256": teacher.sha256} if teacher else {})}
         _write_atomic(run / "summary.json", json.dumps(summary, indent=2) + "\n")
         print(json.dumps(row), flush=True)
     return json.loads((run / "summary.json").read_text())
