@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from training.evaluate import onnx_session
+from training.preprocessing import imaging
 
 
 class Teacher:
@@ -34,8 +35,8 @@ class Teacher:
     def __call__(self, views: np.ndarray) -> np.ndarray:
         pixels = np.clip(np.rint(views), 0, 255).astype(np.uint8)
         if pixels.shape[1] != self.size:
-            pixels = np.stack([np.asarray(Image.fromarray(p).resize((self.size, self.size), Image.BILINEAR))
-                               for p in pixels])
+            # The server's own resize (a square view fills the square: no padding).
+            pixels = np.stack([imaging.letterbox(Image.fromarray(p), self.size) for p in pixels])
         return self.session.run(None, {self.input_name: pixels})[0].astype(np.float32)
 
 
