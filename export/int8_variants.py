@@ -35,6 +35,9 @@ VARIANTS = {
     "u8u8": {"weight_type": "u8"},
     "u8u8_reduce_range": {"weight_type": "u8", "reduce_range": True},
     "s8s8": {"activation_type": "s8"},
+    "u8s8_fp32_depthwise": {"keep_fp32": ("depthwise",)},
+    "u8s8_reduce_range_fp32_depthwise": {"reduce_range": True, "keep_fp32": ("depthwise",)},
+    "u8s8_reduce_range_fp32_ends": {"reduce_range": True, "keep_fp32": ("ends",)},
 }
 
 
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--timing-images", type=int, default=64, help="0: no timing")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--model", default=None, help="served model whose FP32 and INT8 twin to compare "
+                                                      "(default: the default model)")
     parser.add_argument("--out", type=Path, default=None, help="keep the variant files and record.json here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -75,8 +80,9 @@ def main(argv=None) -> int:
     from training.evaluate import metrics, onnx_session, probabilities
 
     repo = REPO_ROOT / "model_repository"
-    fp32_dir = latest_version(repo / classifier_model(DEFAULT_MODEL)).parent
-    int8_dir = latest_version(repo / classifier_model(int8_model(DEFAULT_MODEL))).parent
+    model = args.model or DEFAULT_MODEL
+    fp32_dir = latest_version(repo / classifier_model(model)).parent
+    int8_dir = latest_version(repo / classifier_model(int8_model(model))).parent
     splits = load_split(SPLIT_MANIFEST, DATA_DIR)
     calibration = balanced_calibration_set(splits["train"], args.calibration_images)
     test = splits["test"]

@@ -81,10 +81,29 @@ class _PixelReader:
 HEAD_OPS = ("Gemm", "MatMul", "Softmax")
 
 
+def _depthwise_convs(graph) -> list[str]:
+    return [n.name for n in graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def _end_convs(graph) -> list[str]:
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    return convs[:1] + convs[-1:]
+
+
+#: Parts of the convolutional body `keep_fp32` can leave in FP32 (by node, in the prepared graph):
+#: "depthwise" - every grouped convolution: one 3x3/5x5 filter per channel, so a per-channel
+#: scale has nine or 25 weights to fit and its channels' activation ranges differ most, the usual
+#: place MobileNet-like networks lose accuracy to INT8; "ends" - the stem (first) and the last
+#: convolution, whose errors no later layer averages out.
+FP32_PARTS = {"depthwise": _depthwise_convs, "ends": _end_convs}
+
+
 def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: str = "qdq",
                     per_channel: bool = True, calibrate_method: str = "minmax",
                     batch: int = 8, fp32_head: bool = True, reduce_range: bool = False,
-                    activation_type: str = "u8", weight_type: str = "s8") -> Path:
+                    activation_type: str = "u8", weight_type: str = "s8",
+                    keep_fp32: Sequence[str] = ()) -> Path:
     """Quantize `fp32_onnx` to INT8 (S8 weights, U8 activations by default) and write `out_onnx`.
 
     Parameters
@@ -110,6 +129,8 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
         without VNNI, whose U8S8 kernels can saturate their 16-bit intermediate sums.
     activation_type, weight_type : {"u8", "s8"}
         Integer types of activations and weights; U8/S8 is ORT's x86 default.
+    keep_fp32 : sequence of str
+        Keys of `FP32_PARTS`: body layers left unquantised (mixed precision).
 
     Returns
     -------
@@ -135,6 +156,8 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
         raise ValueError(f"format must be one of {sorted(formats)}, method one of {sorted(methods)}")
     if activation_type not in types or weight_type not in types:
         raise ValueError(f"activation and weight types must be one of {sorted(types)}")
+    if set(keep_fp32) - set(FP32_PARTS):
+        raise ValueError(f"keep_fp32 takes parts among {sorted(FP32_PARTS)}")
     out_onnx = Path(out_onnx)
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
     pixels = load_pixels(calibration_images)
@@ -143,11 +166,12 @@ def quantize_static(fp32_onnx, out_onnx, calibration_images: Sequence, *, fmt: s
         # an unoptimised tf2onnx graph leaves BatchNorm/Transpose chains as FP32 islands.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
-        exclude = []
-        if fp32_head:
-            import onnx
+        import onnx
 
-            exclude = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in HEAD_OPS]
+        graph = onnx.load(str(prepared)).graph
+        exclude = [n.name for n in graph.node if n.op_type in HEAD_OPS] if fp32_head else []
+        for part in keep_fp32:
+            exclude += FP32_PARTS[part](graph)
         ort_quantize_static(
             str(prepared), str(out_onnx), _PixelReader(pixels, batch),
             quant_format=formats[fmt], per_channel=per_channel,

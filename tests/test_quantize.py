@@ -18,20 +18,19 @@ from export.quantize import predict, quantize_static
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples" / "garbage12").rglob("*.jpg"))[:4]
 
 
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    channels = 8
-    weight = rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32)
-    dense = rng.normal(0, 1, (channels, len(CLASSES))).astype(np.float32)
-    # Named nodes, as tf2onnx writes them: quantize_static excludes the head by node name.
+def save_classifier(path: Path, body: list, initializers: dict) -> Path:
+    """A graph with the served classifier's interface around `body` (tensor "x" in, "features" out).
+
+    The head after `body`: global average pooling, a dense layer (initializer "dense"), softmax.
+
+    Nodes are named by op and position, as tf2onnx names them: quantize_static excludes by node name.
+    """
     nodes = [
         helper.make_node("Cast", [CLASSIFIER_INPUT], ["x_f"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["x_f"], ["x_nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("Mul", ["x_nchw", "inv255"], ["x"]),
-        helper.make_node("Conv", ["x", "w"], ["conv"], strides=[8, 8], kernel_shape=[3, 3]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        *body,
+        helper.make_node("GlobalAveragePool", ["features"], ["pool"]),
         helper.make_node("Flatten", ["pool"], ["flat"]),
         helper.make_node("MatMul", ["flat", "dense"], ["logits"]),
         helper.make_node("Softmax", ["logits"], [CLASSIFIER_OUTPUT], axis=1),
@@ -39,15 +38,34 @@ def tiny_classifier(tmp_path_factory) -> Path:
     for index, node in enumerate(nodes):
         node.name = f"{node.op_type.lower()}_{index}"
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes, path.parent.name,
         [helper.make_tensor_value_info(CLASSIFIER_INPUT, TensorProto.UINT8, ["n", INPUT_SIZE, INPUT_SIZE, 3])],
         [helper.make_tensor_value_info(CLASSIFIER_OUTPUT, TensorProto.FLOAT, ["n", len(CLASSES)])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(dense, "dense"),
-         numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    path = tmp_path_factory.mktemp("tiny") / "model.onnx"
-    onnx.save(model, path)
+        [numpy_helper.from_array(np.asarray(v, np.float32), k)
+         for k, v in {"inv255": 1 / 255, **initializers}.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     return path
+
+
+def conv_classifier(path: Path, depthwise: bool = False) -> Path:
+    """A stem convolution, then (if `depthwise`) a depthwise (grouped) and a last 1x1 convolution."""
+    rng = np.random.default_rng(int(depthwise))
+    c = 8
+    weights = {"stem": (c, 3, 3, 3), "dense": (c, len(CLASSES))}
+    body = [helper.make_node("Conv", ["x", "stem"], ["s"], strides=[8, 8], kernel_shape=[3, 3])]
+    if depthwise:
+        weights.update(dw=(c, 1, 3, 3), top=(c, c, 1, 1))
+        body += [helper.make_node("Conv", ["s", "dw"], ["d"], group=c, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["d"], ["r"]),
+                 helper.make_node("Conv", ["r", "top"], ["features"], kernel_shape=[1, 1])]
+    else:
+        body.append(helper.make_node("Relu", ["s"], ["features"]))
+    return save_classifier(path, body, {k: rng.normal(0, 1, shape) for k, shape in weights.items()})
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return conv_classifier(tmp_path_factory.mktemp("tiny") / "model.onnx")
 
 
 def conv_weight_ints(path: Path) -> np.ndarray:
@@ -77,3 +95,27 @@ def test_unsigned_weights(tiny_classifier, tmp_path):
 def test_unknown_type_is_refused(tiny_classifier, tmp_path):
     with pytest.raises(ValueError, match="activation and weight types"):
         quantize_static(tiny_classifier, tmp_path / "bad.onnx", SAMPLES, weight_type="int4")
+
+
+@pytest.fixture(scope="module")
+def depthwise_classifier(tmp_path_factory) -> Path:
+    return conv_classifier(tmp_path_factory.mktemp("depthwise") / "model.onnx", depthwise=True)
+
+
+def quantised_convs(path: Path) -> set[str]:
+    """Names of the convolutions whose weight input comes through a DequantizeLinear (QDQ)."""
+    graph = onnx.load(str(path)).graph
+    dequantised = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
+
+
+@pytest.mark.parametrize("keep, left_fp32", [((), set()), (("depthwise",), {"conv_4"}),
+                                             (("ends",), {"conv_3", "conv_6"}),
+                                             (("depthwise", "ends"), {"conv_3", "conv_4", "conv_6"})])
+def test_keep_fp32_leaves_exactly_those_convolutions_unquantised(depthwise_classifier, tmp_path, keep, left_fp32):
+    out = quantize_static(depthwise_classifier, tmp_path / "mixed.onnx", SAMPLES, keep_fp32=keep)
+    assert quantised_convs(out) == {"conv_3", "conv_4", "conv_6"} - left_fp32
+    pixels = np.stack([np.full((INPUT_SIZE, INPUT_SIZE, 3), v, np.uint8) for v in (0, 128)])
+    assert np.allclose(predict(out, pixels).sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="keep_fp32"):
+        quantize_static(depthwise_classifier, tmp_path / "bad.onnx", SAMPLES, keep_fp32=("pointwise",))
