@@ -4,16 +4,16 @@
 
 Converts the run's best Keras model to ONNX (UINT8 NHWC in, normalisation in the graph, softmax
 out) and checks ONNX Runtime against Keras on real images. Then, fitted on the validation split
-only (export/calibrate.py): a temperature and per-class logit offsets are baked into the graph,
-and the "not sure" threshold is chosen for 95% validation coverage (export/threshold.py). The
-test split is scored with the server's preprocessing, and `<repo>/<NAME>_classifier/<next
-version>/model.onnx` is published with `export.json` (source run, classes, metrics, parity,
+only (export/calibrate.py): a temperature is baked into the graph (per-class logit offsets too
+with `--class-offsets`; `python -m export.offsets_check` measured that they more often cost test
+accuracy than win it), and the "not sure" threshold is chosen for 95% validation coverage
+(export/threshold.py). The test split is scored with the server's preprocessing, and
+`<repo>/<NAME>_classifier/<next version>/model.onnx` is published with `export.json` (source run, classes, metrics, parity,
 calibration, `unsure_threshold`, sha256), the classifier config, labels (the run's classes) and
 the two ensembles. An existing version is never overwritten. `--int8` also publishes
 `<NAME>_int8`: the uncalibrated graph statically quantised (per-channel weights, a calibration set
 with the same number of training images from every class, so rare classes set ranges too), then
-calibrated on validation like the FP32 model, which re-balances the per-class shifts quantisation
-leaves.
+calibrated on validation like the FP32 model.
 """
 from __future__ import annotations
 
@@ -62,15 +62,16 @@ def balanced_calibration_set(train: list[tuple[str, int]], count: int, seed: int
     return [train[i][0] for i in sorted(chosen)]
 
 
-def calibrate_for_serving(raw: Path, out: Path, splits: dict, coverage: float) -> tuple[dict, float]:
-    """Fit temperature + class offsets on validation, bake them in `out`; return the record and threshold."""
+def calibrate_for_serving(raw: Path, out: Path, splits: dict, coverage: float,
+                          offsets: bool = False) -> tuple[dict, float]:
+    """Fit a temperature (and class offsets if `offsets`) on validation, bake it in `out`; return the record and threshold."""
     from export.calibrate import calibrated_onnx, fit
     from training.evaluate import predict
     from training.selective import choose_threshold, selective
 
     val_labels = np.array([label for _, label in splits["val"]])
     val_probs, _, _ = predict(raw, [p for p, _ in splits["val"]])
-    temperature, bias = fit(val_probs, val_labels)
+    temperature, bias = fit(val_probs, val_labels, offsets=offsets)
     calibrated_onnx(raw, out, temperature, bias)
     cal_probs, _, _ = predict(out, [p for p, _ in splits["val"]])
     threshold = choose_threshold(cal_probs, coverage)
@@ -81,6 +82,15 @@ def calibrate_for_serving(raw: Path, out: Path, splits: dict, coverage: float) -
     return {"calibration": record, "unsure": unsure}, threshold
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The calibration options every exporting command shares."""
+    parser.add_argument("--coverage", type=float, default=0.95, help='validation coverage the "not sure" threshold keeps')
+    parser.add_argument("--nonwaste", type=int, default=240, help='generated non-waste pictures scored for "not sure"')
+    parser.add_argument("--class-offsets", action="store_true",
+                        help="also fit per-class logit offsets on validation (default: temperature only; "
+                             "python -m export.offsets_check measures whether they help)")
+
+
 def export_variant(raw: Path, run_dir: Path, tag: str, splits: dict, classes, args, base: dict) -> tuple[Path, dict]:
     """Calibrate (unless --no-calibrate), score test and non-waste, return the ONNX to publish and its record."""
     from training.evaluate import evaluate, evaluate_nonwaste, summary_table
@@ -89,7 +99,7 @@ def export_variant(raw: Path, run_dir: Path, tag: str, splits: dict, classes, ar
     served = raw
     if not args.no_calibrate:
         served = run_dir / f"model_{tag}_calibrated.onnx"
-        extra, threshold = calibrate_for_serving(raw, served, splits, args.coverage)
+        extra, threshold = calibrate_for_serving(raw, served, splits, args.coverage, args.class_offsets)
         record.update(extra, **{UNSURE_THRESHOLD: threshold})
     result = evaluate(served, splits["test"], run_dir / f"eval_{tag}", title=f"{args.name} {tag}", classes=classes,
                       threshold=record.get(UNSURE_THRESHOLD))
@@ -113,8 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-images", type=int, default=300, help="INT8 range calibration images")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="publish the raw softmax: no temperature, offsets or unsure_threshold")
-    parser.add_argument("--coverage", type=float, default=0.95, help='validation coverage the "not sure" threshold keeps')
-    parser.add_argument("--nonwaste", type=int, default=240, help='generated non-waste pictures scored for "not sure"')
+    add_calibration_arguments(parser)
     args = parser.parse_args(argv)
 
     from export.onnx_export import load_run_model, parity, to_onnx

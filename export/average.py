@@ -6,8 +6,8 @@
 Both inputs must be classifiers of this repository's contract (uint8 NHWC `classifier_input`,
 calibrated probabilities `classifier_output`, the same class order). The result has that contract
 too, so `python -m training evaluate AB.onnx --shift` scores the two-model ensemble exactly as the
-served one would average them (the mean of the two calibrated outputs), without a server. With `--name` the mean is calibrated again on the validation split (temperature,
-class offsets, "not sure" threshold: export/calibrate.py, export/threshold.py), the test split and
+served one would average them (the mean of the two calibrated outputs), without a server. With `--name` the mean is calibrated again on the validation split (a temperature,
+class offsets only with `--class-offsets`, the "not sure" threshold: export/calibrate.py, export/threshold.py), the test split and
 the non-waste pictures are scored, and it is published like any exported classifier (classifier
 config, both ensembles, `export.json` naming both members and their sha256). One graph rather
 than a Triton ensemble of two classifier models: one batcher, one runtime call per batch and one
@@ -28,6 +28,7 @@ from onnx import compose, helper
 from contract import CLASSIFIER_INPUT as INPUT
 from contract import EXPORT_RECORD
 from contract import CLASSIFIER_OUTPUT as OUTPUT
+from export.__main__ import add_calibration_arguments
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="calibrated graph and evaluation files (default: runs/NAME)")
     parser.add_argument("--manifest", default="training/splits/garbage12_seed42.csv")
     parser.add_argument("--data-dir", default="../shared/data/garbage12")
-    parser.add_argument("--coverage", type=float, default=0.95, help='validation coverage the "not sure" threshold keeps')
-    parser.add_argument("--nonwaste", type=int, default=240, help='generated non-waste pictures scored for "not sure"')
+    add_calibration_arguments(parser)
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.name):
         parser.error("give exactly one of --out and --name")

@@ -38,17 +38,19 @@ def _balanced_recall(z: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([(pred[labels == k] == k).mean() for k in np.unique(labels)]))
 
 
-def fit(probs: np.ndarray, labels: np.ndarray, bound: float = 1.0, sweeps: int = 3) -> tuple[float, np.ndarray]:
-    """Temperature by validation NLL, then per-class offsets by coordinate ascent on balanced recall.
+def fit(probs: np.ndarray, labels: np.ndarray, bound: float = 1.0, sweeps: int = 3,
+        offsets: bool = True) -> tuple[float, np.ndarray]:
+    """Temperature by validation NLL, then (if `offsets`) per-class offsets by coordinate ascent on balanced recall.
 
-    A small penalty on each offset's size keeps an offset at 0 unless it buys recall.
+    A small penalty on each offset's size keeps an offset at 0 unless it buys recall. Without
+    `offsets` the bias is all zeros: the calibrated graph keeps the raw model's answers.
     """
     logp = np.log(probs + EPS)
     temps = np.linspace(0.3, 1.5, 61)
     nll = [-np.log(_softmax(logp / t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in temps]
     temperature = float(temps[int(np.argmin(nll))])
     bias = np.zeros(probs.shape[1])
-    for _ in range(sweeps):
+    for _ in range(sweeps if offsets else 0):
         for k in range(len(bias)):
             best_score, best_value = _balanced_recall(logp / temperature + bias, labels), bias[k]
             for value in np.linspace(-bound, bound, 21):

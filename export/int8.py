@@ -5,16 +5,17 @@
 Give the uncalibrated FP32 version (calibration is fitted again after quantisation). Steps: a
 calibration set with the same number of training images from every class (so the rare and weak
 classes set activation ranges too), static QDQ quantisation with per-channel weights, then
-temperature + per-class offsets fitted on the validation split for the INT8 outputs (quantisation
-shifts some classes' logits; re-fitting the offsets on validation undoes that), the "not sure"
+a temperature fitted on the validation split for the INT8 outputs (with `--class-offsets` also
+per-class offsets, which can undo per-class shifts quantisation leaves), the "not sure"
 threshold, the test split and the non-waste pictures. `--dry-run` evaluates and writes the record
 to --out without publishing.
 
 `--reduce-range` quantises weights to 7 bits, ONNX Runtime's advice for x86 CPUs without VNNI
 (their U8S8 kernels can saturate; `python -m export.int8_variants` measures each recipe on the CPU
-at hand). `--keep-calibration` takes an already calibrated FP32 version as it is: its temperature
-and offsets sit in the FP32 head, so only the "not sure" threshold is chosen again on validation
-for the INT8 outputs. Every record names the CPU it was measured on and the INT8 model's test
+at hand). `--keep-fp32 depthwise` (or `ends`) leaves those convolutions unquantised.
+`--keep-calibration` takes an already calibrated FP32 version as it is: its temperature and
+offsets sit in the FP32 head, so only the "not sure" threshold is chosen again on validation for
+the INT8 outputs. Every record names the CPU it was measured on and the INT8 model's test
 accuracy change and top-1 agreement against its FP32 source on that CPU; publishing is refused
 when the agreement is under 0.9 (a broken quantisation, not a rounding difference).
 """
@@ -28,6 +29,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from contract import UNSURE_THRESHOLD
+from export.__main__ import add_calibration_arguments
+from export.quantize import FP32_PARTS
 
 
 def main(argv=None) -> int:
@@ -43,11 +46,12 @@ def main(argv=None) -> int:
     parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
                         help="how activation ranges are set from the calibration images")
     parser.add_argument("--limit-per-class", type=int, default=0, help="smoke runs: N photos per class and split")
-    parser.add_argument("--coverage", type=float, default=0.95)
-    parser.add_argument("--nonwaste", type=int, default=240)
+    add_calibration_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="directory for the evaluation files")
     parser.add_argument("--dry-run", action="store_true", help="evaluate only; publish nothing")
     parser.add_argument("--reduce-range", action="store_true", help="7-bit weights (x86 CPUs without VNNI)")
+    parser.add_argument("--keep-fp32", nargs="*", default=[], choices=sorted(FP32_PARTS),
+                        help="body layers left in FP32 (export.quantize.FP32_PARTS)")
     parser.add_argument("--keep-calibration", action="store_true",
                         help="the FP32 version is already calibrated: keep its head, re-choose only the threshold")
     args = parser.parse_args(argv)
@@ -69,9 +73,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     q_raw = out / "model_int8_raw.onnx"
     quantize_static(args.fp32_version / "model.onnx", q_raw, calib, calibrate_method=args.method,
-                    reduce_range=args.reduce_range)
+                    reduce_range=args.reduce_range, keep_fp32=args.keep_fp32)
     base = {key: source[key] for key in ("source_run", "backbone", "params") if key in source}
     weights = "7-bit S8 (reduce_range)" if args.reduce_range else "S8"
+    if args.keep_fp32:
+        weights += f"; {' and '.join(args.keep_fp32)} convolutions left FP32"
     after = ("the FP32 version's calibration kept (FP32 head), threshold re-chosen on validation"
              if args.keep_calibration else "calibrated on validation after")
     base.update(quantized_from=f"{args.fp32_version.parent.name}/{args.fp32_version.name}",
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
         base.update(_kept_calibration(q_raw, source, splits["val"], args.coverage))
     base.update(_against_fp32(args.fp32_version / "model.onnx", q_raw, splits["test"]))
     options = SimpleNamespace(no_calibrate=args.keep_calibration, coverage=args.coverage, nonwaste=args.nonwaste,
-                              name=args.name)
+                              class_offsets=args.class_offsets, name=args.name)
     served, record = export_variant(q_raw, out, "int8", splits, classes, options, base)
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     if args.dry_run:

@@ -36,6 +36,9 @@ def test_fit_sharpens_an_underconfident_model_and_lifts_a_neglected_class():
     temperature, bias = fit(probs, labels)
     assert temperature < 1.0
     assert bias[2] > bias[0] and bias[2] > bias[1]
+    # Temperature only (the export default): the same temperature, no offsets, so the same answers.
+    plain_temperature, no_bias = fit(probs, labels, offsets=False)
+    assert plain_temperature == temperature and not no_bias.any()
 
 
 def test_two_classifiers_average_into_one_graph_with_the_same_contract(tmp_path):
@@ -77,3 +80,15 @@ def test_the_committed_pair_serves_its_graph_with_its_threshold(prod_server, nam
     assert np.allclose([s.score for s in served], expected.max(1), atol=1e-4)
     assert {s.threshold for s in served} == {record["unsure_threshold"]}
     assert sum(s.label == p.parent.name for s, p in zip(served, photos)) >= len(photos) - 1
+
+
+def test_offsets_check_recovers_the_uncalibrated_softmax_from_served_probabilities():
+    """export.offsets_check needs no training run: softmax(log(p) / T + b) is inverted exactly."""
+    from export.offsets_check import calibrate, uncalibrated
+
+    rng = np.random.default_rng(0)
+    raw = rng.dirichlet(np.ones(12), 50)
+    bias = rng.uniform(-1, 1, 12)
+    served = calibrate(raw, 0.64, bias)
+    assert not np.allclose(served, raw, atol=1e-3)
+    assert np.allclose(uncalibrated(served, {"temperature": 0.64, "class_offsets": bias.tolist()}), raw, atol=1e-5)
