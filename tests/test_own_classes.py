@@ -137,6 +137,40 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_same_view(sh
     assert summary["teacher_sha256"] == teacher.sha256 and summary["finished"]
 
 
+def test_a_soup_is_the_mean_of_its_members_weights_and_exports_like_a_run(shapes_run):
+    """`python -m training soup`: one network whose every weight is the members' mean, validated on
+    the members' split, with its members named; `python -m export` takes it like any run. Members
+    of different architectures are refused."""
+    import keras
+
+    from export.__main__ import main as export_main
+    from training.finetune import main as finetune_main
+    from training.soup import main as soup_main
+
+    tmp, run, repo, _ = shapes_run
+    finetune_main(["--config", str(ROOT / "training/configs/tiny_ft.toml"), f"data_dir={tmp / 'data'}",
+                   f"manifest={tmp / 'manifest.csv'}", f"run_dir={tmp / 'sibling'}", "limit_per_class=0",
+                   "sizes=64:1", "lr=0.003", "checkpoint_steps=0", f"init_from={run / 'model.keras'}"])
+    summary = soup_main([str(run), str(tmp / "sibling"), "--run-dir", str(tmp / "soup")])
+    members = [keras.saving.load_model(d / "model.keras", compile=False) for d in (run, tmp / "sibling")]
+    soup = keras.saving.load_model(tmp / "soup" / "model.keras", compile=False)
+    first, second, mean = (m.layers[-1].get_weights()[0] for m in (*members, soup))
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(mean, (first + second) / 2, rtol=1e-6)
+    assert [m["run"] for m in summary["members"]] == [str(run), str(tmp / "sibling")]
+    assert 0 <= summary["best_val_accuracy"] <= 1 and summary["command"] == "soup"
+    assert export_main([str(tmp / "soup"), "--name", "souped", "--repo", str(tmp / "soup_repo"), "--nonwaste", "0"]) == 0
+    assert (tmp / "soup_repo" / "souped_classifier" / "1" / "model.onnx").is_file()
+
+    (tmp / "other").mkdir()
+    for name in ("model.keras", "manifest.csv"):
+        (tmp / "other" / name).write_bytes((tmp / "sibling" / name).read_bytes())
+    config = json.loads((tmp / "sibling" / "config.json").read_text())
+    (tmp / "other" / "config.json").write_text(json.dumps({**config, "backbone": "efficientnet_lite2"}))
+    with pytest.raises(ValueError, match="backbone"):
+        soup_main([str(run), str(tmp / "other"), "--run-dir", str(tmp / "bad_soup")])
+
+
 def test_the_server_answers_with_the_runs_own_classes(shapes_run):
     from server.launch import TritonServer
     from training.evaluate import predict

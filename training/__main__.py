@@ -1,4 +1,4 @@
-"""`python -m training {audit,split,train,finetune,evaluate,ablation} ...`: one entry point, one module per command."""
+"""`python -m training {audit,split,train,finetune,evaluate,ablation,soup} ...`: one entry point, one module per command."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,7 @@ COMMANDS = {
     "finetune": "training.finetune",
     "evaluate": "training.evaluate",
     "ablation": "training.ablation",
+    "soup": "training.soup",
 }
 
 
