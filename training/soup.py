@@ -62,12 +62,15 @@ def main(argv=None) -> dict:
     if args.run_dir.exists() and any(args.run_dir.iterdir()):
         parser.error(f"{args.run_dir} is not empty; pick another --run-dir")
 
-    from export.onnx_export import load_run_model
+    import keras
+
+    import training.backbones.registry  # noqa: F401  registers the custom layers for deserialisation
     from training.dataset import load_split
     from training.finetune import served_pixels, validate
 
     configs = check_members(args.runs)
-    models = [load_run_model(run) for run in args.runs]
+    # Our own runs' files (not downloads), so Keras' safe mode stays on.
+    models = [keras.saving.load_model(run / "model.keras", compile=False) for run in args.runs]
     soup = models[0]
     soup.set_weights(average_weights(models))
 
