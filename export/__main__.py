@@ -8,9 +8,9 @@ only (export/calibrate.py): a temperature is baked into the graph (per-class log
 with `--class-offsets`; `python -m export.offsets_check` measured that they more often cost test
 accuracy than win it), and the "not sure" threshold is chosen for 95% validation coverage
 (export/threshold.py). The test split is scored with the server's preprocessing, and
-`<repo>/<NAME>_classifier/<next version>/model.onnx` is published with `export.json` (source run, classes, metrics, parity,
-calibration, `unsure_threshold`, sha256), the classifier config, labels (the run's classes) and
-the two ensembles. An existing version is never overwritten. `--int8` also publishes
+`<repo>/<NAME>_classifier/<next version>/model.onnx` is published with `export.json` (source
+run, classes, metrics, parity, calibration, `unsure_threshold`, sha256), the classifier config,
+labels (the run's classes) and the two ensembles. An existing version is never overwritten. `--int8` also publishes
 `<NAME>_int8`: the uncalibrated graph statically quantised (per-channel weights, a calibration set
 with the same number of training images from every class, so rare classes set ranges too), then
 calibrated on validation like the FP32 model.

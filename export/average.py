@@ -6,9 +6,10 @@
 Both inputs must be classifiers of this repository's contract (uint8 NHWC `classifier_input`,
 calibrated probabilities `classifier_output`, the same class order). The result has that contract
 too, so `python -m training evaluate AB.onnx --shift` scores the two-model ensemble exactly as the
-served one would average them (the mean of the two calibrated outputs), without a server. With `--name` the mean is calibrated again on the validation split (a temperature,
-class offsets only with `--class-offsets`, the "not sure" threshold: export/calibrate.py, export/threshold.py), the test split and
-the non-waste pictures are scored, and it is published like any exported classifier (classifier
+served one would average them (the mean of the two calibrated outputs), without a server. With
+`--name` the mean is calibrated again on the validation split (a temperature, class offsets only
+with `--class-offsets`, the "not sure" threshold: export/calibrate.py, export/threshold.py), the
+test split and the non-waste pictures are scored, and it is published like any exported classifier (classifier
 config, both ensembles, `export.json` naming both members and their sha256). One graph rather
 than a Triton ensemble of two classifier models: one batcher, one runtime call per batch and one
 version to pin, for the same mean.

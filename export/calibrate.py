@@ -2,7 +2,8 @@
 
     python -m export.calibrate RUN_DIR --name effnet_lite0 [--repo model_repository] [--version N]
 
-(`python -m export` calibrates as it exports; this is for a version published without it.)
+(`python -m export` calibrates as it exports, by a temperature only unless `--class-offsets`;
+this command is for a version published without calibration and fits both, as v2 was made.)
 
 Label smoothing leaves the network under-confident (ECE 0.09 on validation) and its class
 weights do not fully even out the recall of the hardest classes. Both are fixed after training

@@ -64,9 +64,10 @@ def compare(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], classes
     ways = {"raw": probs["test"], "temperature": calibrate(probs["test"], temperature, 0 * bias),
             "temperature_offsets": calibrate(probs["test"], temperature, bias)}
     keys = ("accuracy", "macro_f1", "min_recall", "min_recall_class", "ece")
+    scored = {way: metrics(p, labels["test"], classes) for way, p in ways.items()}
     return {"temperature": temperature, "class_offsets": [round(float(b), 2) for b in bias],
             "held_out_gains": [round(g, 4) for g in held_out_gains(probs["val"], labels["val"])],
-            "test": {way: {k: metrics(p, labels["test"], classes)[k] for k in keys} for way, p in ways.items()}}
+            "test": {way: {k: m[k] for k in keys} for way, m in scored.items()}}
 
 
 def main(argv=None) -> int:

@@ -95,7 +95,8 @@ def _end_convs(graph) -> list[str]:
 #: "depthwise" - every grouped convolution: one 3x3/5x5 filter per channel, so a per-channel
 #: scale has nine or 25 weights to fit and its channels' activation ranges differ most, the usual
 #: place MobileNet-like networks lose accuracy to INT8; "ends" - the stem (first) and the last
-#: convolution, whose errors no later layer averages out.
+#: convolution, whose errors no later layer averages out. Measured on Lite0 (MODEL_CARD.md, INT8):
+#: neither helps there; FP32 depthwise convolutions even cost 1.5-1.9 pt.
 FP32_PARTS = {"depthwise": _depthwise_convs, "ends": _end_convs}
 
 
