@@ -1,4 +1,4 @@
-"""The Keras EfficientNet-Lite0 built from the PyPI state dict is the reference PyTorch network."""
+"""The Keras EfficientNet-Lite0/1/2 built from the PyPI state dicts are the reference PyTorch networks."""
 from __future__ import annotations
 
 import os
@@ -45,23 +45,26 @@ def test_safe_reader_refuses_code(tmp_path):
         load_state_dict(path)
 
 
-def test_keras_matches_reference_pytorch(keras_imagenet):
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_keras_matches_reference_pytorch(variant, keras_imagenet):
     torch = pytest.importorskip("torch", reason="the reference network needs torch (make setup installs it for tests)")
     from efficientnet_lite_pytorch import EfficientNet
 
-    from training.backbones.efficientnet_lite import MEAN, STD, lite_weights_path
+    from training.backbones.efficientnet_lite import LITE_PARAMS, MEAN, STD, imagenet_classifier, lite_weights_path
 
-    ref = EfficientNet.from_name("efficientnet-lite0")
-    state = {k: torch.from_numpy(v) for k, v in load_state_dict(lite_weights_path(0)).items()}
+    ours_net = keras_imagenet if variant == 0 else imagenet_classifier(variant)
+    ref = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    state = {k: torch.from_numpy(v) for k, v in load_state_dict(lite_weights_path(variant)).items()}
     ref.load_state_dict(state)
     ref.eval()
-    x = np.concatenate([_pixels(p) for p in sorted(SAMPLES.glob("*/*.jpg"))[::6]])
-    ours = keras_imagenet.predict(x, verbose=0)
+    size = LITE_PARAMS[variant][2]
+    x = np.concatenate([_pixels(p, size) for p in sorted(SAMPLES.glob("*/*.jpg"))[::6]])
+    ours = ours_net.predict(x, verbose=0)
     with torch.no_grad():
         theirs = ref(torch.from_numpy((x - MEAN) / STD).permute(0, 3, 1, 2)).numpy()
     diff = np.abs(ours - theirs).max()
     scale = np.abs(theirs).max()
-    print(f"max |Keras - PyTorch| logit difference {diff:.2e} (logit scale {scale:.1f})")
+    print(f"Lite{variant}: max |Keras - PyTorch| logit difference {diff:.2e} (logit scale {scale:.1f})")
     assert diff < 1e-3 * scale
     assert (ours.argmax(1) == theirs.argmax(1)).all()
 

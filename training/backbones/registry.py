@@ -74,6 +74,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
         "efficientnet_lite0", 224, _lite(0),
         ("conv_head", "blocks_15_expand_conv", "blocks_11_expand_conv", "blocks_8_expand_conv")),
+    "efficientnet_lite1": BackboneSpec(
+        "efficientnet_lite1", 240, _lite(1),
+        ("conv_head", "blocks_20_expand_conv", "blocks_15_expand_conv", "blocks_11_expand_conv")),
     "efficientnet_lite2": BackboneSpec(
         "efficientnet_lite2", 260, _lite(2),
         ("conv_head", "blocks_20_expand_conv", "blocks_15_expand_conv", "blocks_11_expand_conv")),
