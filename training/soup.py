@@ -86,10 +86,10 @@ def main(argv=None) -> dict:
     labels = np.array([label for _, label in val])
     metrics = validate(soup, served_pixels(val, cfg["image_size"]), labels)
     members = []
-    for member in args.runs:
+    for member, member_cfg in zip(args.runs, configs):
         summary = json.loads((member / "summary.json").read_text()) if (member / "summary.json").exists() else {}
         members.append({"run": str(member), "sha256": hashlib.sha256((member / "model.keras").read_bytes()).hexdigest(),
-                        "init_from": json.loads((member / "config.json").read_text()).get("init_from", ""),
+                        "init_from": member_cfg.get("init_from", ""),
                         "best_val_accuracy": summary.get("best_val_accuracy")})
     summary = {"name": cfg.get("name"), "backbone": cfg["backbone"], "command": "soup", "classes": list(classes),
                "params": int(soup.count_params()), "members": members, "finished": True,
